@@ -1,0 +1,93 @@
+import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { isMap, isNode, LineCounter, parseDocument, type Document } from 'yaml';
+import type { z } from 'zod';
+import { ConfigError, type ConfigIssue } from '../errors.js';
+import { configSchema, type Config } from './schema.js';
+
+/** The configuration shipped with the package: the WhatsApp policy. */
+export const DEFAULT_CONFIG = resolve(dirname(fileURLToPath(import.meta.url)), '../../config/default.yaml');
+
+/** Read, parse and validate a config file; throws ConfigError listing every problem. */
+export function loadConfigFile(path: string): Config {
+  let text: string;
+  try {
+    text = readFileSync(path, 'utf8');
+  } catch (err) {
+    throw new ConfigError([{ path: '', file: path, message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` }]);
+  }
+  return parseConfig(text, path);
+}
+
+/** Validate YAML text; `file` anchors relative paths and names the file in errors. */
+export function parseConfig(text: string, file: string): Config {
+  const lines = new LineCounter();
+  const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
+  if (doc.errors.length) {
+    throw new ConfigError(
+      doc.errors.map((e) => {
+        const pos = e.linePos?.[0];
+        return { path: '', file, line: pos?.line, column: pos?.col, message: e.message.split('\n')[0]! };
+      }),
+    );
+  }
+  const result = configSchema(dirname(resolve(file))).safeParse(doc.toJS() ?? {});
+  if (result.success) return result.data;
+  throw new ConfigError(result.error.issues.flatMap((i) => toIssues(i, doc, lines, file)));
+}
+
+function toIssues(issue: z.core.$ZodIssue, doc: Document, lines: LineCounter, file: string): ConfigIssue[] {
+  if (issue.code === 'unrecognized_keys') {
+    return issue.keys.map((key) => ({
+      ...locate([...issue.path, key], doc, lines, file, true),
+      message: 'unknown key',
+    }));
+  }
+  return [{ ...locate(issue.path, doc, lines, file, false), message: issue.message }];
+}
+
+function locate(path: PropertyKey[], doc: Document, lines: LineCounter, file: string, atKey: boolean): ConfigIssue {
+  const text = formatPath(path);
+  // The deepest node the path reaches; for unknown keys, the key itself.
+  for (let n = path.length; n >= 0; n--) {
+    const at = path.slice(0, n) as (string | number)[];
+    let offset: number | undefined;
+    if (atKey && n === path.length && n > 0) {
+      const parent = doc.getIn(at.slice(0, -1), true);
+      const pair = isMap(parent) ? parent.items.find((p) => isNode(p.key) && (p.key as { value?: unknown }).value === at.at(-1)) : undefined;
+      offset = isNode(pair?.key) ? pair.key.range?.[0] : undefined;
+    } else {
+      const node = n === 0 ? doc.contents : doc.getIn(at, true);
+      offset = isNode(node) ? node.range?.[0] : undefined;
+    }
+    if (offset !== undefined) {
+      const { line, col } = lines.linePos(offset);
+      return { path: text, file, line, column: col, message: '' };
+    }
+  }
+  return { path: text, file, message: '' };
+}
+
+export function formatPath(path: PropertyKey[]): string {
+  let out = '';
+  for (const p of path) {
+    if (typeof p === 'number') out += `[${p}]`;
+    else if (/^[A-Za-z_][\w-]*$/.test(String(p))) out += out ? `.${String(p)}` : String(p);
+    else out += `[${JSON.stringify(String(p))}]`;
+  }
+  return out;
+}
+
+/** One-line summary for `config check` and the start-up log. */
+export function summarize(c: Config): string {
+  const rules = c.policy.rules;
+  const patterns = rules.reduce((n, r) => n + r.patterns, 0);
+  const cidrs = rules.reduce((n, r) => n + r.cidrs, 0);
+  const ports = [...new Set(rules.flatMap((r) => [...r.ports]))].sort((a, b) => a - b);
+  const listeners = c.listen.proxy ? `proxy ${c.listen.proxy.text}` : 'none';
+  return (
+    `${rules.length} rule${rules.length === 1 ? '' : 's'}, ${patterns} host pattern${patterns === 1 ? '' : 's'}, ` +
+    `${cidrs} CIDR${cidrs === 1 ? '' : 's'}, ports ${ports.join(',') || 'none'}; mode ${c.policy.mode}; listen ${listeners}`
+  );
+}

@@ -1,0 +1,56 @@
+import { readFileSync } from 'node:fs';
+import { unzipSync } from 'fflate';
+import { parseCidr, type Cidr } from '../net/ip.js';
+
+/**
+ * IP range files: text (one CIDR or address a line, `#` comments, blank
+ * lines, LF or CRLF) or a zip of such text files, as the vendor ships it.
+ * Errors name the file (and zip entry) and line.
+ */
+
+const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
+
+export function loadRangeFile(path: string): Cidr[] {
+  let data: Buffer;
+  try {
+    data = readFileSync(path);
+  } catch (err) {
+    throw new Error(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+  }
+  if (ZIP_MAGIC.every((b, i) => data[i] === b)) return fromZip(path, data);
+  return parseRangeText(data.toString('utf8'), path);
+}
+
+function fromZip(path: string, data: Buffer): Cidr[] {
+  let entries: Record<string, Uint8Array>;
+  try {
+    entries = unzipSync(data);
+  } catch (err) {
+    throw new Error(`${path}: not a readable zip file (${(err as Error).message})`);
+  }
+  const cidrs: Cidr[] = [];
+  let files = 0;
+  for (const [name, bytes] of Object.entries(entries)) {
+    if (name.endsWith('/') || name.startsWith('__MACOSX/')) continue;
+    files++;
+    cidrs.push(...parseRangeText(Buffer.from(bytes).toString('utf8'), `${path}!${name}`));
+  }
+  if (files === 0) throw new Error(`${path}: the zip holds no files`);
+  return cidrs;
+}
+
+export function parseRangeText(text: string, where: string): Cidr[] {
+  const cidrs: Cidr[] = [];
+  const lines = text.replace(/^\uFEFF/, '').split(/\r?\n/);
+  for (let i = 0; i < lines.length; i++) {
+    const hash = lines[i]!.indexOf('#');
+    const entry = (hash < 0 ? lines[i]! : lines[i]!.slice(0, hash)).trim();
+    if (entry === '') continue;
+    try {
+      cidrs.push(parseCidr(entry));
+    } catch (err) {
+      throw new Error(`${where}:${i + 1}: ${(err as Error).message}`);
+    }
+  }
+  return cidrs;
+}

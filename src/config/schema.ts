@@ -1,0 +1,190 @@
+import { isAbsolute, resolve } from 'node:path';
+import { z } from 'zod';
+import { CidrSet, canonicalIp, parseCidr, type Cidr } from '../net/ip.js';
+import { normalizeHost } from '../policy/hostport.js';
+import { compilePattern, HostMatcher } from '../policy/patterns.js';
+import type { Rule } from '../policy/policy.js';
+import { loadRangeFile } from './ranges.js';
+
+/**
+ * The one configuration schema. Unknown keys are rejected everywhere; values
+ * are compiled here (patterns, CIDRs, range files, durations) so every error
+ * carries the key path it came from. `baseDir` anchors `file:` paths.
+ */
+
+const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
+
+export function parseDuration(v: number | string): number | null {
+  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 ? v : null;
+  const m = /^(\d+)(ms|s|m|h)?$/.exec(v.trim());
+  return m ? Number(m[1]) * UNITS[m[2] ?? 'ms']! : null;
+}
+
+const duration = (min = 0) =>
+  z.union([z.number(), z.string()]).transform((v, ctx) => {
+    const ms = parseDuration(v);
+    if (ms === null) {
+      ctx.addIssue({ code: 'custom', message: `expected a duration such as 10s, 5m, 1h or milliseconds, got ${JSON.stringify(v)}` });
+      return z.NEVER;
+    }
+    if (ms < min) {
+      ctx.addIssue({ code: 'custom', message: `must be at least ${min} ms` });
+      return z.NEVER;
+    }
+    return ms;
+  });
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+  text: string;
+}
+
+/** `ip:port` or `[v6]:port`; port 0 picks a free port. */
+export function parseListenAddress(text: string): ListenAddress | null {
+  const m = /^(?:\[([^\]]+)\]|([^:]+)):(\d{1,5})$/.exec(text.trim());
+  if (!m) return null;
+  const ip = canonicalIp(m[1] ?? m[2]!);
+  const port = Number(m[3]);
+  if (!ip || (m[1] !== undefined) !== (ip.family === 6) || port > 65535) return null;
+  return { host: ip.ip, port, text };
+}
+
+const listenAddress = z.string().transform((v, ctx) => {
+  const a = parseListenAddress(v);
+  if (!a) ctx.addIssue({ code: 'custom', message: `expected "ip:port" or "[ipv6]:port", got ${JSON.stringify(v)}` });
+  return a ?? z.NEVER;
+});
+
+const port = z.number().int().min(1, 'ports are 1-65535').max(65535, 'ports are 1-65535');
+
+const cidr = z.string().transform((v, ctx) => {
+  try {
+    return parseCidr(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+const pattern = z.string().transform((v, ctx) => {
+  try {
+    return compilePattern(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: (err as Error).message });
+    return z.NEVER;
+  }
+});
+
+const dnsServer = z.string().refine((v) => canonicalIp(v) !== null || parseListenAddress(v) !== null, {
+  error: (i) => `expected "ip", "ip:port" or "[ipv6]:port", got ${JSON.stringify(i.input)}`,
+});
+
+export function configSchema(baseDir: string) {
+  /** A CIDR, an address, or `file:path` (text or zip), relative to the config file. */
+  const ipRange = z.string().transform((v, ctx): Cidr[] => {
+    if (!v.startsWith('file:')) {
+      try {
+        return [parseCidr(v)];
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', message: (err as Error).message });
+        return z.NEVER;
+      }
+    }
+    const file = v.slice('file:'.length);
+    try {
+      return loadRangeFile(isAbsolute(file) ? file : resolve(baseDir, file));
+    } catch (err) {
+      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      return z.NEVER;
+    }
+  });
+
+  const rule = z
+    .strictObject({
+      name: z.string().min(1),
+      hosts: z.array(pattern).default([]),
+      ip_ranges: z.array(ipRange).default([]),
+      ports: z.array(port).min(1, 'a rule needs at least one port'),
+    })
+    .refine((r) => r.hosts.length > 0 || r.ip_ranges.length > 0, {
+      message: 'a rule needs hosts and/or ip_ranges',
+    })
+    .transform(
+      (r): Rule & { patterns: number; cidrs: number } => {
+        const cidrs = r.ip_ranges.flat();
+        return {
+          name: r.name,
+          ports: new Set(r.ports),
+          hosts: r.hosts.length ? new HostMatcher(r.hosts) : null,
+          ranges: cidrs.length ? new CidrSet(cidrs) : null,
+          patterns: r.hosts.length,
+          cidrs: cidrs.length,
+        };
+      },
+    );
+
+  const dnsHosts = z.record(z.string(), z.union([z.string(), z.array(z.string()).min(1)])).transform((rec, ctx) => {
+    const map = new Map<string, string[]>();
+    for (const [key, value] of Object.entries(rec)) {
+      let name: string;
+      try {
+        const n = normalizeHost(key);
+        if (n.family !== undefined) throw new Error('an IP address cannot be a key');
+        name = n.host;
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', path: [key], message: `bad hostname: ${(err as Error).message}` });
+        continue;
+      }
+      const addresses: string[] = [];
+      for (const [i, a] of (Array.isArray(value) ? value : [value]).entries()) {
+        const ip = canonicalIp(a);
+        if (ip) addresses.push(ip.ip);
+        else ctx.addIssue({ code: 'custom', path: Array.isArray(value) ? [key, i] : [key], message: `not an IP address: ${JSON.stringify(a)}` });
+      }
+      map.set(name, addresses);
+    }
+    return map;
+  });
+
+  return z.strictObject({
+    listen: z
+      .strictObject({ proxy: listenAddress.optional() })
+      .refine((l) => l.proxy !== undefined, { message: 'at least one listener is needed (listen.proxy)' }),
+    policy: z.strictObject({
+      mode: z.enum(['enforce', 'report']).default('enforce'),
+      rules: z
+        .array(rule)
+        .default([])
+        .superRefine((rules, ctx) => {
+          const seen = new Set<string>();
+          rules.forEach((r, i) => {
+            if (seen.has(r.name)) ctx.addIssue({ code: 'custom', path: [i, 'name'], message: `duplicate rule name "${r.name}"` });
+            seen.add(r.name);
+          });
+        }),
+      allow_ranges: z.array(cidr).default([]).transform((c) => new CidrSet(c)),
+    }),
+    dns: z
+      .strictObject({
+        hosts: dnsHosts.prefault({}),
+        servers: z.array(dnsServer).default([]),
+      })
+      .prefault({}),
+    timeouts: z
+      .strictObject({
+        connect: duration(1).prefault('10s'),
+        idle: duration().prefault(0),
+        handshake: duration(1).prefault('10s'),
+        dns: duration(1).prefault('5s'),
+      })
+      .prefault({}),
+    keepalive: duration().prefault('30s'),
+    audit: z
+      .strictObject({ file: z.string().min(1).default('-') })
+      .prefault({})
+      .transform((a) => ({ file: a.file === '-' || isAbsolute(a.file) ? a.file : resolve(baseDir, a.file) })),
+  });
+}
+
+export type Config = z.output<ReturnType<typeof configSchema>>;

@@ -1,0 +1,60 @@
+import type { Socket } from 'node:net';
+import type { Attempt, Audit } from './audit.js';
+import { decide, type DecisionContext } from './decide.js';
+import { EgressError, type Reason } from './errors.js';
+import { dial } from './net/dial.js';
+import type { Target } from './policy/hostport.js';
+import { Tunnel } from './tunnel.js';
+
+/**
+ * Open an egress connection for any listener: decide, audit, dial the checked
+ * addresses, audit again. Listeners only translate the outcome into their
+ * protocol's answer (an HTTP status, later a SOCKS reply).
+ */
+
+export interface EgressContext extends DecisionContext {
+  audit: Audit;
+  connectTimeoutMs: number;
+  idleTimeoutMs: number;
+  keepAliveMs: number;
+  /** Open tunnels, so shutdown (and later drain) can reach them. */
+  tunnels: Set<Tunnel>;
+}
+
+export type EgressResult =
+  | { ok: true; upstream: Socket; rule?: string }
+  | { ok: false; reason: Reason; message?: string };
+
+export async function openEgress(ctx: EgressContext, attempt: Attempt, target: Target): Promise<EgressResult> {
+  const d = await decide(ctx, target);
+  if (d.wouldDeny) {
+    ctx.audit.denied(attempt, { ...d.wouldDeny, dest_ip: d.addresses[0], enforced: false });
+  }
+  if (d.verdict === 'deny') {
+    ctx.audit.denied(attempt, { reason: d.reason, rule: d.rule, range: d.range, dest_ip: d.addresses[0], enforced: true });
+    return { ok: false, reason: d.reason };
+  }
+  if (d.verdict === 'fail') {
+    ctx.audit.failed(attempt, { reason: d.reason, rule: d.rule });
+    return { ok: false, reason: d.reason };
+  }
+  try {
+    const upstream = await dial(d.addresses, target.port, { timeoutMs: ctx.connectTimeoutMs, keepAliveMs: ctx.keepAliveMs });
+    ctx.audit.allowed(attempt, { rule: d.rule, dest_ip: upstream.remoteAddress });
+    return { ok: true, upstream, rule: d.rule };
+  } catch (err) {
+    if (!(err instanceof EgressError)) throw err;
+    ctx.audit.failed(attempt, { reason: err.reason, rule: d.rule, dest_ip: d.addresses.at(-1), error: err.message });
+    return { ok: false, reason: err.reason, message: err.message };
+  }
+}
+
+/** Join client and upstream; the close is audited and the tunnel tracked until then. */
+export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, upstream: Socket, head?: Buffer): Tunnel {
+  const tunnel = new Tunnel(client, upstream, { idleMs: ctx.idleTimeoutMs, keepAliveMs: ctx.keepAliveMs, head }, (closed) => {
+    ctx.tunnels.delete(tunnel);
+    ctx.audit.closed(attempt, closed);
+  });
+  ctx.tunnels.add(tunnel);
+  return tunnel;
+}

@@ -1,0 +1,70 @@
+/**
+ * Stable reason codes. One code names one outcome everywhere: the
+ * `X-Wa-Egress-Reason` header, the audit record's `reason` and (later) metric
+ * labels. Add codes; never rename one.
+ */
+export const REASONS = {
+  // Policy denials (403): a value of the decision, not an exception.
+  host_not_allowed: 403,
+  port_not_allowed: 403,
+  ip_not_allowed: 403,
+  special_range: 403,
+  loop: 403,
+  // The client's fault.
+  bad_request: 400,
+  handshake_timeout: 408,
+  // Failures of an allowed destination.
+  dns_failed: 502,
+  connect_failed: 502,
+  connect_timeout: 504,
+} as const;
+
+export type Reason = keyof typeof REASONS;
+
+/** Reasons that mean "the policy said no" (report mode lets these through). */
+export const POLICY_REASONS: ReadonlySet<Reason> = new Set([
+  'host_not_allowed',
+  'port_not_allowed',
+  'ip_not_allowed',
+  'special_range',
+]);
+
+/** Reasons that are failures of an allowed destination (`egress.failed`). */
+export const FAILURE_REASONS: ReadonlySet<Reason> = new Set(['dns_failed', 'connect_failed', 'connect_timeout']);
+
+export function httpStatus(reason: Reason): number {
+  return REASONS[reason];
+}
+
+/** An error that carries a stable reason code. */
+export class EgressError extends Error {
+  readonly reason: Reason;
+  constructor(reason: Reason, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = 'EgressError';
+    this.reason = reason;
+  }
+}
+
+/** A configuration problem, located by key path and (when known) file line. */
+export interface ConfigIssue {
+  path: string;
+  message: string;
+  file?: string;
+  line?: number;
+  column?: number;
+}
+
+export class ConfigError extends Error {
+  readonly issues: ConfigIssue[];
+  constructor(issues: ConfigIssue[]) {
+    super(issues.map(formatIssue).join('\n'));
+    this.name = 'ConfigError';
+    this.issues = issues;
+  }
+}
+
+export function formatIssue(i: ConfigIssue): string {
+  const where = i.file ? `${i.file}${i.line ? `:${i.line}${i.column ? `:${i.column}` : ''}` : ''}: ` : '';
+  return `${where}${i.path || '(root)'}: ${i.message}`;
+}

@@ -1,0 +1,113 @@
+import { randomBytes } from 'node:crypto';
+import type { Server } from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { Audit } from './audit.js';
+import type { Config } from './config/schema.js';
+import type { EgressContext } from './egress.js';
+import { createHttpProxy, formatClient } from './inbound/http.js';
+import type { Logger } from './log.js';
+import { Resolver } from './net/resolve.js';
+import { SelfAddresses } from './net/self.js';
+import { Policy } from './policy/policy.js';
+import type { Tunnel } from './tunnel.js';
+
+/**
+ * Wires a validated configuration into running listeners. Listeners read the
+ * egress context through a getter on every connection, so a later reload can
+ * swap policy and resolver without touching established tunnels.
+ */
+export class Gateway {
+  readonly audit: Audit;
+  readonly tunnels = new Set<Tunnel>();
+  private readonly self = new SelfAddresses();
+  private readonly servers = new Map<string, Server>();
+  private ctx: EgressContext;
+  private readonly boot = randomBytes(3).toString('hex');
+  private seq = 0;
+  private closing: Promise<void> | undefined;
+
+  private constructor(
+    readonly config: Config,
+    private readonly log?: Logger,
+  ) {
+    this.audit = new Audit(config.audit.file);
+    this.ctx = this.contextFor(config);
+  }
+
+  static async start(config: Config, log?: Logger): Promise<Gateway> {
+    const gw = new Gateway(config, log);
+    try {
+      if (config.listen.proxy) {
+        const server = createHttpProxy(() => gw.ctx, {
+          name: 'proxy',
+          handshakeTimeoutMs: config.timeouts.handshake,
+          nextId: () => gw.nextId(),
+        });
+        await gw.listen('proxy', server, config.listen.proxy.host, config.listen.proxy.port);
+      }
+    } catch (err) {
+      await gw.close();
+      throw err;
+    }
+    return gw;
+  }
+
+  private contextFor(config: Config): EgressContext {
+    return {
+      policy: new Policy(config.policy.rules),
+      mode: config.policy.mode,
+      allowRanges: config.policy.allow_ranges,
+      resolver: new Resolver({ hosts: config.dns.hosts, servers: config.dns.servers, timeoutMs: config.timeouts.dns }),
+      self: this.self,
+      audit: this.audit,
+      connectTimeoutMs: config.timeouts.connect,
+      idleTimeoutMs: config.timeouts.idle,
+      keepAliveMs: config.keepalive,
+      tunnels: this.tunnels,
+    };
+  }
+
+  private nextId(): string {
+    return `${this.boot}-${++this.seq}`;
+  }
+
+  private listen(name: string, server: Server, host: string, port: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      server.once('error', reject);
+      server.listen({ host, port, ipv6Only: host === '::' ? false : undefined }, () => {
+        server.removeListener('error', reject);
+        server.on('error', (err) => this.log?.error({ err, listener: name }, 'listener error'));
+        const a = server.address() as AddressInfo;
+        this.self.add(a.address, a.port);
+        this.servers.set(name, server);
+        this.log?.info({ listener: name, address: formatClient(a.address, a.port) }, 'listening');
+        resolve();
+      });
+    });
+  }
+
+  /** Bound address of a listener (tests use port 0). */
+  address(name = 'proxy'): AddressInfo {
+    const server = this.servers.get(name);
+    if (!server) throw new Error(`no listener named ${name}`);
+    return server.address() as AddressInfo;
+  }
+
+  /**
+   * Stop listening, cut open connections (their close records are written),
+   * flush the audit log. Graceful drain is a separate, later mode.
+   */
+  close(): Promise<void> {
+    this.closing ??= (async () => {
+      const closed = [...this.servers.values()].map((s) => new Promise<void>((r) => s.close(() => r())));
+      for (const s of this.servers.values()) s.closeAllConnections();
+      for (const t of this.tunnels) t.destroy('shutdown');
+      await Promise.all(closed);
+      // Close records are written from 'close' events, a tick after destroy.
+      for (let i = 0; i < 100 && this.tunnels.size > 0; i++) await new Promise((r) => setImmediate(r));
+      this.self.clear();
+      this.audit.close();
+    })();
+    return this.closing;
+  }
+}

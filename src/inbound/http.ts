@@ -1,0 +1,239 @@
+import http, { type IncomingMessage, type ServerResponse } from 'node:http';
+import type { Socket } from 'node:net';
+import type { Attempt } from '../audit.js';
+import { openEgress, startTunnel, type EgressContext } from '../egress.js';
+import { EgressError, httpStatus, type Reason } from '../errors.js';
+import { parseAbsoluteUrl, parseHostPort, type Target } from '../policy/hostport.js';
+import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
+
+/**
+ * The HTTP proxy listener: CONNECT tunnels and absolute-form HTTP requests.
+ * Node's HTTP parser reads request heads (and rejects malformed ones, which
+ * are audited from `clientError`); once a CONNECT is accepted the socket
+ * leaves Node's HTTP machinery for a plain tunnel, so none of its timeouts
+ * can reach it.
+ */
+
+export interface HttpListenerOptions {
+  name: string;
+  handshakeTimeoutMs: number;
+  nextId: () => string;
+}
+
+interface Conn {
+  id: string;
+  client: string;
+  requests: number;
+}
+
+const conns = new WeakMap<Socket, Conn>();
+
+export function formatClient(address: string | undefined, port: number | undefined): string {
+  if (!address) return 'unknown';
+  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
+export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOptions): http.Server {
+  const server = http.createServer({
+    // The head must arrive within the handshake timeout; the body of a
+    // proxied request and everything after a CONNECT have no server timeout.
+    headersTimeout: opts.handshakeTimeoutMs,
+    requestTimeout: 0,
+    connectionsCheckingInterval: Math.min(1000, opts.handshakeTimeoutMs),
+    keepAliveTimeout: 60_000,
+    requireHostHeader: false,
+    noDelay: true,
+  });
+  server.timeout = 0;
+
+  server.on('connection', (socket: Socket) => {
+    conns.set(socket, { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), requests: 0 });
+  });
+
+  const attemptFor = (socket: Socket, proto: Attempt['proto'], method?: string): Attempt => {
+    const conn = conns.get(socket) ?? { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), requests: 0 };
+    conn.requests++;
+    const a: Attempt = { id: conn.id, client: conn.client, listener: opts.name, proto };
+    if (proto === 'http') {
+      a.request = conn.requests;
+      a.method = method;
+    }
+    return a;
+  };
+
+  server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    // Node's HTTP server has let go of the socket: errors are ours now.
+    socket.on('error', () => socket.destroy());
+    handleConnect(ctx(), attemptFor(socket, 'connect'), req, socket, head).catch((err) => {
+      socket.destroy(err as Error);
+    });
+  });
+
+  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
+    handleRequest(ctx(), attemptFor(req.socket, 'http', req.method), req, res).catch((err) => {
+      res.destroy(err as Error);
+    });
+  });
+
+  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
+    if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
+      socket.destroy();
+      return;
+    }
+    const reason: Reason = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'handshake_timeout' : 'bad_request';
+    const head = readRequestLine(err.rawPacket);
+    const attempt = attemptFor(socket, head?.method === 'CONNECT' ? 'connect' : 'http', head?.method);
+    const target = head ? guessTarget(head.method, head.target) : undefined;
+    if (target) {
+      attempt.dest_host = target.host;
+      attempt.dest_port = target.port;
+    }
+    ctx().audit.denied(attempt, { reason, enforced: true, error: err.code ?? err.message });
+    socket.end(rawResponse(reason, `${err.code ?? 'bad request'}`));
+  });
+
+  return server;
+}
+
+async function handleConnect(ctx: EgressContext, attempt: Attempt, req: IncomingMessage, socket: Socket, head: Buffer) {
+  let target: Target;
+  try {
+    target = parseHostPort(req.url ?? '');
+  } catch (err) {
+    return refuse(ctx, attempt, socket, err);
+  }
+  attempt.dest_host = target.host;
+  attempt.dest_port = target.port;
+  const result = await openEgress(ctx, attempt, target);
+  if (!result.ok) {
+    socket.end(rawResponse(result.reason, result.message));
+    return;
+  }
+  if (socket.destroyed) {
+    // The client left while we were dialling; the tunnel records the close.
+    startTunnel(ctx, attempt, socket, result.upstream);
+    return;
+  }
+  socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
+  startTunnel(ctx, attempt, socket, result.upstream, head);
+}
+
+function refuse(ctx: EgressContext, attempt: Attempt, socket: Socket, err: unknown): void {
+  if (!(err instanceof EgressError)) throw err;
+  ctx.audit.denied(attempt, { reason: err.reason, enforced: true, error: err.message });
+  socket.end(rawResponse(err.reason, err.message));
+}
+
+async function handleRequest(ctx: EgressContext, attempt: Attempt, req: IncomingMessage, res: ServerResponse) {
+  let url: ReturnType<typeof parseAbsoluteUrl>;
+  try {
+    url = parseAbsoluteUrl(req.url ?? '');
+  } catch (err) {
+    if (!(err instanceof EgressError)) throw err;
+    ctx.audit.denied(attempt, { reason: err.reason, enforced: true, error: err.message });
+    return answer(res, err.reason, err.message, true);
+  }
+  attempt.dest_host = url.target.host;
+  attempt.dest_port = url.target.port;
+  const result = await openEgress(ctx, attempt, url.target);
+  if (!result.ok) return answer(res, result.reason, result.message, false);
+
+  const upstream = result.upstream;
+  const destIp = upstream.remoteAddress;
+  const started = Date.now();
+  let bytesUp = 0;
+  let bytesDown = 0;
+  let done = false;
+  const finish = (close_reason: 'done' | 'client_closed' | 'upstream_error' | 'idle_timeout') => {
+    if (done) return;
+    done = true;
+    upstream.destroy();
+    ctx.audit.closed(attempt, {
+      dest_ip: destIp,
+      bytes_up: bytesUp,
+      bytes_down: bytesDown,
+      duration_ms: Date.now() - started,
+      close_reason,
+    });
+  };
+  if (ctx.idleTimeoutMs > 0) {
+    upstream.setTimeout(ctx.idleTimeoutMs, () => {
+      finish('idle_timeout');
+      res.destroy();
+    });
+  }
+
+  const upReq = http.request({
+    method: req.method,
+    path: url.path,
+    headers: forwardRequestHeaders(req.rawHeaders, url.authority),
+    setHost: false,
+    createConnection: () => upstream,
+  });
+  upReq.on('response', (upRes) => {
+    res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardResponseHeaders(upRes.rawHeaders));
+    upRes.on('data', (chunk: Buffer) => {
+      bytesDown += chunk.length;
+    });
+    upRes.pipe(res);
+    upRes.on('error', () => {
+      finish('upstream_error');
+      res.destroy();
+    });
+  });
+  upReq.on('error', (err) => {
+    if (done) return;
+    if (!res.headersSent) answer(res, 'connect_failed', err.message, true);
+    else res.destroy();
+    finish('upstream_error');
+  });
+  res.on('finish', () => finish('done'));
+  res.on('close', () => {
+    if (!res.writableFinished) finish('client_closed');
+  });
+  req.on('data', (chunk: Buffer) => {
+    bytesUp += chunk.length;
+  });
+  req.pipe(upReq);
+}
+
+/** An error answer on a request the HTTP parser accepted. */
+function answer(res: ServerResponse, reason: Reason, detail: string | undefined, close: boolean): void {
+  const body = `${reason}${detail ? `: ${detail}` : ''}\n`;
+  res.writeHead(httpStatus(reason), {
+    'Content-Type': 'text/plain; charset=utf-8',
+    'Content-Length': Buffer.byteLength(body),
+    'X-Wa-Egress-Reason': reason,
+    ...(close ? { Connection: 'close' } : {}),
+  });
+  res.end(body);
+}
+
+/** An error answer written straight to a socket (CONNECT, parse errors). */
+export function rawResponse(reason: Reason, detail?: string): string {
+  const status = httpStatus(reason);
+  const body = `${reason}${detail ? `: ${detail}` : ''}\n`;
+  return (
+    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n` +
+    `Content-Type: text/plain; charset=utf-8\r\n` +
+    `Content-Length: ${Buffer.byteLength(body)}\r\n` +
+    `X-Wa-Egress-Reason: ${reason}\r\n` +
+    `Connection: close\r\n\r\n${body}`
+  );
+}
+
+/** The request line of a head Node's parser rejected, for the audit record. */
+function readRequestLine(raw: Buffer | undefined): { method: string; target: string } | undefined {
+  if (!raw?.length) return undefined;
+  const line = raw.subarray(0, 2048).toString('latin1').split(/\r?\n/, 1)[0]!;
+  const m = /^([A-Za-z]{1,20}) (\S{1,1024})/.exec(line);
+  return m ? { method: m[1]!.toUpperCase(), target: m[2]! } : undefined;
+}
+
+function guessTarget(method: string, target: string): Target | undefined {
+  try {
+    return method === 'CONNECT' ? parseHostPort(target) : parseAbsoluteUrl(target).target;
+  } catch {
+    return undefined;
+  }
+}

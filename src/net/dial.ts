@@ -1,0 +1,58 @@
+import { connect, type Socket } from 'node:net';
+import { EgressError } from '../errors.js';
+
+/**
+ * Dial checked addresses, in order, until one connects. Only IP literals
+ * reach here, so `net.connect` performs no lookup of its own: what was checked
+ * is what is dialled. The connect timeout is one budget for all attempts;
+ * each attempt gets an equal share of what is left, so a blackholed first
+ * address still leaves time for the next.
+ */
+
+export interface DialOptions {
+  timeoutMs: number;
+  keepAliveMs: number;
+}
+
+export async function dial(addresses: readonly string[], port: number, opts: DialOptions): Promise<Socket> {
+  const deadline = Date.now() + opts.timeoutMs;
+  let last: EgressError | undefined;
+  for (let i = 0; i < addresses.length; i++) {
+    const left = deadline - Date.now();
+    if (left <= 0) break;
+    try {
+      return await attempt(addresses[i]!, port, Math.ceil(left / (addresses.length - i)), opts.keepAliveMs);
+    } catch (err) {
+      last = err as EgressError;
+    }
+  }
+  throw last ?? new EgressError('connect_timeout', `connect timeout after ${opts.timeoutMs} ms`);
+}
+
+function attempt(ip: string, port: number, timeoutMs: number, keepAliveMs: number): Promise<Socket> {
+  return new Promise((resolve, reject) => {
+    const socket = connect({
+      host: ip,
+      port,
+      allowHalfOpen: true,
+      noDelay: true,
+      keepAlive: keepAliveMs > 0,
+      keepAliveInitialDelay: keepAliveMs,
+    });
+    const timer = setTimeout(() => {
+      socket.destroy();
+      reject(new EgressError('connect_timeout', `connect to ${ip}:${port} timed out after ${timeoutMs} ms`));
+    }, timeoutMs);
+    const onError = (err: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      socket.destroy();
+      reject(new EgressError('connect_failed', `connect to ${ip}:${port} failed: ${err.code ?? err.message}`, { cause: err }));
+    };
+    socket.once('error', onError);
+    socket.once('connect', () => {
+      clearTimeout(timer);
+      socket.removeListener('error', onError);
+      resolve(socket);
+    });
+  });
+}

@@ -1,0 +1,112 @@
+import { domainToASCII } from 'node:url';
+import picomatch from 'picomatch';
+import { isValidName } from './hostport.js';
+
+/**
+ * Hostname patterns, compiled once at load.
+ *
+ * - A pattern containing `.*` is in the vendor's notation: `.*` stands for one
+ *   or more hostname characters (dots included) and every other `.` is literal,
+ *   so `.*.cdn.whatsapp.net` matches `a.b.cdn.whatsapp.net` but not
+ *   `evilcdn.whatsapp.net`.
+ * - Any other pattern with glob characters is a glob over labels: `*` is
+ *   exactly one label, `**` one or more labels; `?`, `[...]` and `{a,b}` work
+ *   within a label (picomatch, with `.` playing the role of `/`).
+ * - A plain name matches itself only.
+ * Names given to `matches` must already be canonical (see hostport.ts).
+ */
+
+export type PatternKind = 'exact' | 'vendor' | 'glob';
+
+export interface CompiledPattern {
+  source: string;
+  kind: PatternKind;
+  /** Canonical name for `exact`. */
+  name?: string;
+  regex?: RegExp;
+  glob?: (slashed: string) => boolean;
+}
+
+const HOST_CHARS = '[a-z0-9_.-]+';
+const GLOB_LABEL = /^(\*\*|[a-z0-9_\-*?[\]{},!]+)$/;
+
+function escapeRegex(s: string): string {
+  return s.replace(/[.*+?^${}()|[\]\\-]/g, '\\$&');
+}
+
+/** Lower-case ASCII form of a pattern; IDN labels become punycode. */
+function toAscii(pattern: string): string {
+  let p = pattern.trim();
+  if (p.endsWith('.')) p = p.slice(0, -1);
+  // eslint-disable-next-line no-control-regex
+  if (/^[\u0000-\u007f]*$/.test(p)) return p.toLowerCase();
+  const ascii = domainToASCII(p);
+  if (!ascii) throw new Error(`"${pattern}" is not a valid internationalised name`);
+  return ascii;
+}
+
+/** Compile one pattern; throws an Error that says what is wrong with it. */
+export function compilePattern(pattern: string): CompiledPattern {
+  if (typeof pattern !== 'string' || pattern.trim() === '') throw new Error('empty pattern');
+  const p = toAscii(pattern);
+  if (p.replace(/[*.?]/g, '') === '') {
+    throw new Error(`"${pattern}" would match every name; list the domains you mean`);
+  }
+  if (p.includes('.*')) {
+    const parts = p.split('.*');
+    for (const part of parts) {
+      if (part.includes('*')) {
+        throw new Error(`"${pattern}" mixes the vendor's ".*" notation with glob "*"; use one or the other`);
+      }
+      if (!/^[a-z0-9_.-]*$/.test(part)) throw new Error(`"${pattern}" has a character that is not valid in a hostname`);
+    }
+    return { source: pattern, kind: 'vendor', regex: new RegExp(`^${parts.map(escapeRegex).join(HOST_CHARS)}$`) };
+  }
+  if (/[*?[\]{}]/.test(p)) {
+    const labels = p.split('.');
+    for (const label of labels) {
+      if (!GLOB_LABEL.test(label)) throw new Error(`"${pattern}": bad label "${label}" in glob`);
+      if (label.includes('**') && label !== '**') throw new Error(`"${pattern}": "**" must be a whole label`);
+    }
+    // picomatch's `**` also matches zero segments; ours means one or more labels.
+    const slashed = labels.map((l) => (l === '**' ? '*/**' : l)).join('/');
+    let glob: (s: string) => boolean;
+    try {
+      glob = picomatch(slashed, { dot: true, nonegate: true, noextglob: true });
+    } catch (err) {
+      throw new Error(`"${pattern}": ${(err as Error).message}`);
+    }
+    return { source: pattern, kind: 'glob', glob };
+  }
+  if (!isValidName(p)) throw new Error(`"${pattern}" is not a valid hostname`);
+  return { source: pattern, kind: 'exact', name: p };
+}
+
+/** One rule's `hosts`, compiled: a set lookup for names, then the patterns. */
+export class HostMatcher {
+  private readonly exact = new Set<string>();
+  private readonly regex: RegExp | null;
+  private readonly globs: ((s: string) => boolean)[] = [];
+  readonly size: number;
+
+  constructor(patterns: CompiledPattern[]) {
+    const regexes: string[] = [];
+    for (const p of patterns) {
+      if (p.kind === 'exact') this.exact.add(p.name!);
+      else if (p.kind === 'vendor') regexes.push(p.regex!.source);
+      else this.globs.push(p.glob!);
+    }
+    this.regex = regexes.length ? new RegExp(regexes.map((r) => `(?:${r})`).join('|')) : null;
+    this.size = patterns.length;
+  }
+
+  matches(name: string): boolean {
+    if (this.exact.has(name)) return true;
+    if (this.regex?.test(name)) return true;
+    if (this.globs.length) {
+      const slashed = name.replaceAll('.', '/');
+      for (const g of this.globs) if (g(slashed)) return true;
+    }
+    return false;
+  }
+}
