@@ -66,11 +66,13 @@ export async function decide(ctx: DecisionContext, target: Target): Promise<Deci
   }
 
   const allowed: string[] = [];
+  const judged: string[] = [];
   let firstRule: string | undefined;
   let loop = false;
   let special: Denial | undefined;
   for (const ip of resolved) {
     const c = classify(ip);
+    judged.push(c.effective);
     if (ctx.self.has(c.dial, target.port)) {
       loop = true;
       continue;
@@ -86,8 +88,8 @@ export async function decide(ctx: DecisionContext, target: Target): Promise<Deci
   }
   if (allowed.length) return { verdict: 'allow', rule: firstRule, addresses: allowed };
   // A loop is refused even in report mode: it could only hurt the proxy itself.
-  if (loop) return { verdict: 'deny', reason: 'loop', addresses: resolved };
-  return policyDenial(ctx, target, special ?? { reason: notAllowed, rule: hostRule }, resolved);
+  if (loop) return { verdict: 'deny', reason: 'loop', addresses: judged };
+  return policyDenial(ctx, target, special ?? { reason: notAllowed }, resolved, judged);
 }
 
 /**
@@ -99,8 +101,9 @@ async function policyDenial(
   target: Target,
   denial: Denial,
   resolved: string[] | null,
+  judged: string[] = resolved ?? [],
 ): Promise<Decision> {
-  if (ctx.mode === 'enforce') return { verdict: 'deny', ...denial, addresses: resolved ?? [] };
+  if (ctx.mode === 'enforce') return { verdict: 'deny', ...denial, addresses: judged };
   let addresses = resolved;
   if (addresses === null || addresses.length === 0) {
     try {

@@ -146,8 +146,9 @@ export class RawClient {
     return this.data;
   }
 
+  /** Wait until the proxy has finished with us (FIN or close). */
   waitClosed(ms = 5000): Promise<true> {
-    return eventually(() => this.closed, ms);
+    return eventually(() => this.ended || this.closed, ms);
   }
 
   destroy(): void {

@@ -27,7 +27,8 @@ export function parseConfig(text: string, file: string): Config {
   if (doc.errors.length) {
     throw new ConfigError(
       doc.errors.map((e) => {
-        const pos = e.linePos?.[0];
+        // With prettyErrors off the error carries offsets only.
+        const pos = e.linePos?.[0] ?? lines.linePos(e.pos[0]);
         return { path: '', file, line: pos?.line, column: pos?.col, message: e.message.split('\n')[0]! };
       }),
     );

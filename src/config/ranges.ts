@@ -8,7 +8,9 @@ import { parseCidr, type Cidr } from '../net/ip.js';
  * Errors name the file (and zip entry) and line.
  */
 
+// A local file header, or the end record that is all an empty zip holds.
 const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];
+const EMPTY_ZIP_MAGIC = [0x50, 0x4b, 0x05, 0x06];
 
 export function loadRangeFile(path: string): Cidr[] {
   let data: Buffer;
@@ -17,7 +19,7 @@ export function loadRangeFile(path: string): Cidr[] {
   } catch (err) {
     throw new Error(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  if (ZIP_MAGIC.every((b, i) => data[i] === b)) return fromZip(path, data);
+  if ([ZIP_MAGIC, EMPTY_ZIP_MAGIC].some((m) => m.every((b, i) => data[i] === b))) return fromZip(path, data);
   return parseRangeText(data.toString('utf8'), path);
 }
 

@@ -23,7 +23,19 @@ export function numberToV4(n: number): string {
 
 /** A valid IPv6 literal without zone to bigint, or null. */
 export function v6ToBigInt(s: string): bigint | null {
-  if (s.includes('%') || !ipaddr.IPv6.isValid(s)) return null;
+  if (s.includes('%')) return null;
+  // A trailing dotted quad (RFC 4291 2.2.3) is parsed here: ipaddr.js reads
+  // `::a.b.c.d` as IPv4-mapped (it is IPv4-compatible, `::` + 32 bits) and
+  // accepts hex or leading-zero octets that no resolver does.
+  const dot = s.indexOf('.');
+  if (dot >= 0) {
+    const colon = s.lastIndexOf(':');
+    if (colon < 0 || colon > dot) return null;
+    const v4 = v4ToNumber(s.slice(colon + 1));
+    if (v4 === null) return null;
+    s = `${s.slice(0, colon + 1)}${(v4 >>> 16).toString(16)}:${(v4 & 0xffff).toString(16)}`;
+  }
+  if (!ipaddr.IPv6.isValid(s)) return null;
   let n = 0n;
   for (const p of ipaddr.IPv6.parse(s).parts) n = (n << 16n) | BigInt(p);
   return n;

@@ -112,10 +112,10 @@ export function parseAbsoluteUrl(url: string): { target: Target; authority: stri
   const rest = url.slice(m[0].length);
   const end = rest.search(/[/?#]/);
   const authority = end < 0 ? rest : rest.slice(0, end);
-  let path = end < 0 ? '/' : rest.slice(end);
-  if (path.startsWith('?')) path = `/${path}`;
+  let path = end < 0 ? '' : rest.slice(end);
   const hash = path.indexOf('#');
   if (hash >= 0) path = path.slice(0, hash);
+  if (!path.startsWith('/')) path = `/${path}`;
   if (authority.includes('@')) throw bad('userinfo is not allowed in a proxy target');
   const target = parseHostPort(authority, 80);
   return { target, authority: formatAuthority(target, target.port === 80), path };
