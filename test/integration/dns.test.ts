@@ -1,0 +1,101 @@
+import { afterEach, describe, expect, it } from 'vitest';
+import { startDns, type TestDns } from '../fixtures/dns-server.js';
+import { connectVia, startGateway, startTcpServer, type TestServer } from '../helpers.js';
+
+/** Resolution through `dns.servers` (a DNS server this test starts; never the system resolver). */
+
+let cleanup: (() => Promise<void>)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c();
+  cleanup = [];
+});
+
+async function setup(table: Parameters<typeof startDns>[0], policy: Record<string, unknown>, silent: string[] = []) {
+  const dns = await startDns(table, { silent });
+  const echo: TestServer = await startTcpServer('127.0.0.1');
+  const gw = await startGateway({
+    policy: { allow_ranges: ['127.0.0.1/32'], ...policy, rules: (policy.rules as object[]).map((r) => ({ ports: [echo.port], ...r })) },
+    dns: { servers: [dns.server] },
+    timeouts: { dns: '500ms' },
+  });
+  cleanup.push(() => dns.close(), () => echo.close(), () => gw.close());
+  return { dns, echo, gw };
+}
+
+describe('DNS through dns.servers', () => {
+  it('resolves an allowed name and dials the address it checked', async () => {
+    const { gw, echo, dns } = await setup({ 'g.whatsapp.net': { A: ['127.0.0.1'] } }, { rules: [{ name: 'r', hosts: ['g.whatsapp.net'] }] });
+    const { client, status } = await connectVia(gw.port, `G.WhatsApp.NET.:${echo.port}`, 'hi');
+    expect(status).toBe(200);
+    expect((await client.bytes(2)).toString()).toBe('hi');
+    client.destroy();
+    expect(dns.queries.map((q) => q.name)).toContain('g.whatsapp.net');
+    expect(gw.audit()[0]).toMatchObject({ event: 'egress.allowed', dest_host: 'g.whatsapp.net', dest_ip: '127.0.0.1' });
+  });
+
+  it('allows a name through ip_ranges when the address it resolves to is listed', async () => {
+    const { gw, echo } = await setup({ 'x.fbcdn.example': { A: ['127.0.0.1'] } }, { rules: [{ name: 'ranges', ip_ranges: ['127.0.0.1/32'] }] });
+    const { client, status } = await connectVia(gw.port, `x.fbcdn.example:${echo.port}`);
+    expect(status).toBe(200);
+    client.destroy();
+  });
+
+  it('answers 403 host_not_allowed, not dns_failed, for an unlisted name that does not resolve', async () => {
+    const { gw, echo } = await setup({}, { rules: [{ name: 'ranges', ip_ranges: ['157.240.0.0/16'] }] });
+    const { status, headers } = await connectVia(gw.port, `nowhere.example:${echo.port}`);
+    expect(status).toBe(403);
+    expect(headers['x-wa-egress-reason']).toBe('host_not_allowed');
+  });
+
+  it('sends no query for an unlisted name when no rule has ip_ranges', async () => {
+    const { gw, echo, dns } = await setup({}, { rules: [{ name: 'r', hosts: ['g.whatsapp.net'] }] });
+    const { status } = await connectVia(gw.port, `secret-bits.attacker.example:${echo.port}`);
+    expect(status).toBe(403);
+    expect(dns.queries).toHaveLength(0);
+  });
+
+  it('answers 502 dns_failed for a listed name that does not resolve (NXDOMAIN and timeout)', async () => {
+    const { gw, echo } = await setup({}, { rules: [{ name: 'r', hosts: ['*.whatsapp.net'] }] }, ['slow.whatsapp.net']);
+    for (const name of ['missing.whatsapp.net', 'slow.whatsapp.net']) {
+      const { status, headers } = await connectVia(gw.port, `${name}:${echo.port}`);
+      expect(status, name).toBe(502);
+      expect(headers['x-wa-egress-reason']).toBe('dns_failed');
+    }
+    expect(gw.audit().map((r) => [r.event, r.reason])).toEqual([
+      ['egress.failed', 'dns_failed'],
+      ['egress.failed', 'dns_failed'],
+    ]);
+  });
+
+  it('checks every address: a name that resolves only to denied addresses is special_range', async () => {
+    const { gw, echo } = await setup({ 'g.whatsapp.net': { A: ['127.0.0.2', '10.1.2.3'], AAAA: ['::1'] } }, { rules: [{ name: 'r', hosts: ['g.whatsapp.net'] }] });
+    const { status, headers } = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
+    expect(status).toBe(403);
+    expect(headers['x-wa-egress-reason']).toBe('special_range');
+    expect(echo.connections).toBe(0);
+  });
+
+  it('dials only checked addresses when some answers are denied', async () => {
+    const { gw, echo } = await setup({ 'g.whatsapp.net': { A: ['127.0.0.2', '127.0.0.1'] } }, { rules: [{ name: 'r', hosts: ['g.whatsapp.net'] }] });
+    const { client, status } = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
+    expect(status).toBe(200);
+    client.destroy();
+    expect(gw.audit()[0]).toMatchObject({ event: 'egress.allowed', dest_ip: '127.0.0.1' });
+  });
+
+  it('resolves once per connection, so a rebinding answer cannot slip past the check', async () => {
+    // First answer allowed (127.0.0.1), every later one denied (127.0.0.2), TTL 0.
+    const { gw, echo, dns } = await setup(
+      { 'g.whatsapp.net': (n: number) => ({ A: [n <= 1 ? '127.0.0.1' : '127.0.0.2'], ttl: 0 }) },
+      { rules: [{ name: 'r', hosts: ['g.whatsapp.net'] }] },
+    );
+    const first = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
+    expect(first.status).toBe(200);
+    first.client.destroy();
+    const second = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
+    expect(second.status).toBe(403);
+    expect(second.headers['x-wa-egress-reason']).toBe('special_range');
+    expect(echo.connections).toBe(1);
+    expect(dns.queries.filter((q) => q.type === 'A')).toHaveLength(2);
+  });
+});

@@ -1,0 +1,70 @@
+import { spawn } from 'node:child_process';
+import net from 'node:net';
+import { afterEach, describe, expect, it } from 'vitest';
+import { connectVia, eventually, RawClient, startGateway } from '../helpers.js';
+
+let cleanup: (() => Promise<void> | void)[] = [];
+afterEach(async () => {
+  for (const c of cleanup.reverse()) await c();
+  cleanup = [];
+});
+
+const BLACKHOLE = `
+import socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(0)
+print(s.getsockname()[1], flush=True)
+time.sleep(120)
+`;
+
+const policy = (port: number) => ({
+  rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [port] }],
+  allow_ranges: ['127.0.0.0/8'],
+});
+
+describe('timeouts', () => {
+  it('drops a client that does not finish its request head within timeouts.handshake', async () => {
+    const gw = await startGateway({ policy: policy(443), dns: { servers: ['127.0.0.1:9'] }, timeouts: { handshake: '500ms' } });
+    cleanup.push(() => gw.close());
+    const client = await RawClient.connect(gw.port);
+    client.write('CONNECT g.whatsapp.net:443 HTTP/1.1\r\nX-Slow: ');
+    await client.waitClosed(4000);
+    expect(client.text).toMatch(/^HTTP\/1.1 408/);
+    const record = await eventually(() => gw.audit()[0]);
+    // Node's parser keeps an unfinished head to itself: the target is not known.
+    expect(record).toMatchObject({ event: 'egress.denied', reason: 'handshake_timeout', listener: 'proxy', enforced: true });
+  });
+
+  it('drops a client that connects and sends nothing', async () => {
+    const gw = await startGateway({ policy: policy(443), dns: { servers: ['127.0.0.1:9'] }, timeouts: { handshake: '500ms' } });
+    cleanup.push(() => gw.close());
+    const client = await RawClient.connect(gw.port);
+    await client.waitClosed(4000);
+  });
+
+  it('answers 504 connect_timeout when the destination never accepts', async () => {
+    // A listener that never accepts, its one-slot queue filled: further SYNs are dropped.
+    const py = spawn('python3', ['-c', BLACKHOLE], { stdio: ['ignore', 'pipe', 'inherit'] });
+    cleanup.push(() => void py.kill('SIGKILL'));
+    const port = Number(await new Promise<string>((r) => py.stdout.once('data', (d) => r(String(d)))));
+    const fillers: net.Socket[] = [];
+    for (let i = 0; i < 4; i++) {
+      const s = net.connect(port, '127.0.0.1');
+      s.on('error', () => {});
+      fillers.push(s);
+    }
+    cleanup.push(() => fillers.forEach((s) => s.destroy()));
+    await new Promise((r) => setTimeout(r, 300));
+    const gw = await startGateway({
+      policy: policy(port),
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      timeouts: { connect: '700ms' },
+    });
+    cleanup.push(() => gw.close());
+    const { status, headers } = await connectVia(gw.port, `g.whatsapp.net:${port}`);
+    expect(status).toBe(504);
+    expect(headers['x-wa-egress-reason']).toBe('connect_timeout');
+    expect(gw.audit()[0]).toMatchObject({ event: 'egress.failed', reason: 'connect_timeout' });
+  });
+});
