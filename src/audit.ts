@@ -1,3 +1,5 @@
+import { mkdirSync, openSync } from 'node:fs';
+import { dirname } from 'node:path';
 import pino, { type Logger } from 'pino';
 import type { Reason } from './errors.js';
 
@@ -44,8 +46,14 @@ export class Audit {
   private readonly log: Logger;
 
   constructor(file: string) {
-    const dest = file === '-' ? { fd: 1 } : { dest: file, append: true, mkdir: true };
-    this.stream = pino.destination({ ...dest, sync: false }) as never;
+    // Opened synchronously: a path that cannot be written stops start-up, and
+    // a flush right after start has a file to flush to.
+    let fd = 1;
+    if (file !== '-') {
+      mkdirSync(dirname(file), { recursive: true });
+      fd = openSync(file, 'a');
+    }
+    this.stream = pino.destination({ fd, sync: false }) as never;
     this.log = pino(
       {
         base: null,

@@ -19,6 +19,10 @@ export interface EgressContext extends DecisionContext {
   keepAliveMs: number;
   /** Open tunnels, so shutdown (and later drain) can reach them. */
   tunnels: Set<Tunnel>;
+  /** Set at shutdown: a tunnel whose dial finishes after that is cut at once. */
+  stopped: boolean;
+  /** Attempts between decision and dial result; shutdown waits for them. */
+  inflight: number;
 }
 
 export type EgressResult =
@@ -26,6 +30,15 @@ export type EgressResult =
   | { ok: false; reason: Reason; message?: string };
 
 export async function openEgress(ctx: EgressContext, attempt: Attempt, target: Target): Promise<EgressResult> {
+  ctx.inflight++;
+  try {
+    return await open(ctx, attempt, target);
+  } finally {
+    ctx.inflight--;
+  }
+}
+
+async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promise<EgressResult> {
   const d = await decide(ctx, target);
   if (d.wouldDeny) {
     ctx.audit.denied(attempt, { ...d.wouldDeny, dest_ip: d.addresses[0], enforced: false });
@@ -56,5 +69,6 @@ export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket
     ctx.audit.closed(attempt, closed);
   });
   ctx.tunnels.add(tunnel);
+  if (ctx.stopped) tunnel.destroy('shutdown');
   return tunnel;
 }

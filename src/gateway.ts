@@ -64,6 +64,8 @@ export class Gateway {
       idleTimeoutMs: config.timeouts.idle,
       keepAliveMs: config.keepalive,
       tunnels: this.tunnels,
+      stopped: false,
+      inflight: 0,
     };
   }
 
@@ -99,9 +101,15 @@ export class Gateway {
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
+      this.ctx.stopped = true;
       const closed = [...this.servers.values()].map((s) => new Promise<void>((r) => s.close(() => r())));
       for (const s of this.servers.values()) s.closeAllConnections();
       for (const t of this.tunnels) t.destroy('shutdown');
+      // Attempts still resolving or dialling finish (bounded by their own
+      // timeouts) and write their records; tunnels they open are cut at once.
+      const { connect, dns } = this.config.timeouts;
+      const deadline = Date.now() + connect + dns + 1000;
+      while (this.ctx.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       await Promise.all(closed);
       // Close records are written from 'close' events, a tick after destroy.
       for (let i = 0; i < 100 && this.tunnels.size > 0; i++) await new Promise((r) => setImmediate(r));

@@ -24,6 +24,19 @@ interface Conn {
   id: string;
   client: string;
   requests: number;
+  /** The latest request a handler got; a parse error inside its body is its own. */
+  current?: Exchange;
+}
+
+/** One absolute-form request and its handling. */
+interface Exchange {
+  attempt: Attempt;
+  req: IncomingMessage;
+  res: ServerResponse;
+  /** Refused as malformed: audited and answered (or cut) once. */
+  refused: boolean;
+  /** Cuts a running forward; its close record gives the reason. */
+  abort?: (reason: 'client_error' | 'shutdown') => void;
 }
 
 const conns = new WeakMap<Socket, Conn>();
@@ -69,8 +82,23 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     });
   });
 
+  // Requests being handled. When the server has closed (its connections are
+  // gone), running forwards write their close records at once: the socket
+  // 'close' events that would otherwise do it come after the gateway has
+  // closed the audit log.
+  const exchanges = new Set<Exchange>();
+  server.on('close', () => {
+    for (const ex of exchanges) ex.abort?.('shutdown');
+    exchanges.clear();
+  });
+
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    handleRequest(ctx(), attemptFor(req.socket, 'http', req.method), req, res).catch((err) => {
+    const ex: Exchange = { attempt: attemptFor(req.socket, 'http', req.method), req, res, refused: false };
+    const conn = conns.get(req.socket);
+    if (conn) conn.current = ex;
+    exchanges.add(ex);
+    res.on('close', () => exchanges.delete(ex));
+    handleRequest(ctx(), ex).catch((err) => {
       res.destroy(err as Error);
     });
   });
@@ -81,6 +109,15 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
       return;
     }
     const reason: Reason = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'handshake_timeout' : 'bad_request';
+    const current = conns.get(socket)?.current;
+    if (current && !current.req.complete) {
+      // The parser failed inside the body of a request a handler already
+      // has (bad chunk, Transfer-Encoding not ending in chunked): that
+      // request is the malformed one; one record, and no second answer
+      // written over a response in progress.
+      refuseMalformed(ctx(), current, reason, err.code ?? err.message);
+      return;
+    }
     const head = readRequestLine(err.rawPacket);
     const attempt = attemptFor(socket, head?.method === 'CONNECT' ? 'connect' : 'http', head?.method);
     const target = head ? guessTarget(head.method, head.target) : undefined;
@@ -89,7 +126,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
       attempt.dest_port = target.port;
     }
     ctx().audit.denied(attempt, { reason, enforced: true, error: err.code ?? err.message });
-    socket.end(rawResponse(reason, `${err.code ?? 'bad request'}`));
+    closeWith(socket, rawResponse(reason, `${err.code ?? 'bad request'}`));
   });
 
   return server;
@@ -106,7 +143,7 @@ async function handleConnect(ctx: EgressContext, attempt: Attempt, req: Incoming
   attempt.dest_port = target.port;
   const result = await openEgress(ctx, attempt, target);
   if (!result.ok) {
-    socket.end(rawResponse(result.reason, result.message));
+    closeWith(socket, rawResponse(result.reason, result.message));
     return;
   }
   if (socket.destroyed) {
@@ -121,22 +158,47 @@ async function handleConnect(ctx: EgressContext, attempt: Attempt, req: Incoming
 function refuse(ctx: EgressContext, attempt: Attempt, socket: Socket, err: unknown): void {
   if (!(err instanceof EgressError)) throw err;
   ctx.audit.denied(attempt, { reason: err.reason, enforced: true, error: err.message });
-  socket.end(rawResponse(err.reason, err.message));
+  closeWith(socket, rawResponse(err.reason, err.message));
 }
 
-async function handleRequest(ctx: EgressContext, attempt: Attempt, req: IncomingMessage, res: ServerResponse) {
+/**
+ * Refuse a malformed request once: audit it, answer 400 and close, or cut
+ * the connection when an answer is already under way; a running forward is
+ * aborted (its close record follows).
+ */
+function refuseMalformed(ctx: EgressContext, ex: Exchange, reason: Reason, detail: string): void {
+  if (ex.refused) return;
+  ex.refused = true;
+  ctx.audit.denied(ex.attempt, { reason, enforced: true, error: detail });
+  ex.abort?.('client_error');
+  if (!ex.res.headersSent) answer(ex.res, reason, detail, true);
+  else if (!ex.res.writableEnded) ex.res.destroy();
+  else ex.req.socket.end();
+}
+
+async function handleRequest(ctx: EgressContext, ex: Exchange) {
+  const { attempt, req, res } = ex;
   let url: ReturnType<typeof parseAbsoluteUrl>;
   try {
     url = parseAbsoluteUrl(req.url ?? '');
   } catch (err) {
     if (!(err instanceof EgressError)) throw err;
-    ctx.audit.denied(attempt, { reason: err.reason, enforced: true, error: err.message });
-    return answer(res, err.reason, err.message, true);
+    return refuseMalformed(ctx, ex, err.reason, err.message);
   }
   attempt.dest_host = url.target.host;
   attempt.dest_port = url.target.port;
+  // RFC 9112 6.3: a request whose Transfer-Encoding does not end in chunked
+  // has no reliable length. Node's parser rejects it only after this handler
+  // has run; refuse it before any dial.
+  const te = req.headers['transfer-encoding'];
+  if (te !== undefined && !/(?:^|,)[ \t]*chunked[ \t]*$/i.test(te)) {
+    return refuseMalformed(ctx, ex, 'bad_request', `Transfer-Encoding must end in chunked: ${te}`);
+  }
   const result = await openEgress(ctx, attempt, url.target);
-  if (!result.ok) return answer(res, result.reason, result.message, false);
+  if (!result.ok) {
+    if (!ex.refused) answer(res, result.reason, result.message, false);
+    return;
+  }
 
   const upstream = result.upstream;
   const destIp = upstream.remoteAddress;
@@ -144,7 +206,7 @@ async function handleRequest(ctx: EgressContext, attempt: Attempt, req: Incoming
   let bytesUp = 0;
   let bytesDown = 0;
   let done = false;
-  const finish = (close_reason: 'done' | 'client_closed' | 'upstream_error' | 'idle_timeout') => {
+  const finish = (close_reason: 'done' | 'client_closed' | 'client_error' | 'upstream_error' | 'idle_timeout' | 'shutdown') => {
     if (done) return;
     done = true;
     upstream.destroy();
@@ -156,6 +218,11 @@ async function handleRequest(ctx: EgressContext, attempt: Attempt, req: Incoming
       close_reason,
     });
   };
+  // Refused as malformed while the dial was under way.
+  if (ex.refused) return finish('client_error');
+  // The client, or the whole gateway, went away while we were dialling.
+  if (res.destroyed) return finish(ctx.stopped ? 'shutdown' : 'client_closed');
+  ex.abort = finish;
   if (ctx.idleTimeoutMs > 0) {
     upstream.setTimeout(ctx.idleTimeoutMs, () => {
       finish('idle_timeout');
@@ -163,10 +230,15 @@ async function handleRequest(ctx: EgressContext, attempt: Attempt, req: Incoming
     });
   }
 
+  const headers = forwardRequestHeaders(req.rawHeaders, url.authority);
+  // Framing is per hop, but a chunked body stays chunked: without the header
+  // Node would send a GET's or DELETE's body unframed, for the origin to read
+  // as the next request. Node re-chunks what the parser de-chunked.
+  if (te !== undefined) headers.push('Transfer-Encoding', te);
   const upReq = http.request({
     method: req.method,
     path: url.path,
-    headers: forwardRequestHeaders(req.rawHeaders, url.authority),
+    headers,
     setHost: false,
     createConnection: () => upstream,
   });
@@ -236,4 +308,12 @@ function guessTarget(method: string, target: string): Target | undefined {
   } catch {
     return undefined;
   }
+}
+
+/**
+ * Answer and close: a refused client gets no half-open socket to keep, so
+ * the socket is destroyed once the answer has been handed to the kernel.
+ */
+function closeWith(socket: Socket, answer: string): void {
+  socket.end(answer, () => socket.destroy());
 }
