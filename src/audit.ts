@@ -9,7 +9,7 @@ import type { Reason } from './errors.js';
  * answered; `flushSync` runs before exit so none is lost on SIGTERM/SIGINT.
  */
 
-export type Proto = 'connect' | 'http';
+export type Proto = 'connect' | 'http' | 'socks' | 'tcp';
 
 /** Who asked for what: the fields every record of one attempt shares. */
 export interface Attempt {

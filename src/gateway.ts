@@ -1,10 +1,12 @@
 import { randomBytes } from 'node:crypto';
-import type { Server } from 'node:http';
+import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Audit } from './audit.js';
-import type { Config } from './config/schema.js';
+import type { Config, ListenAddress } from './config/schema.js';
 import type { EgressContext } from './egress.js';
+import { createForwardServer } from './inbound/forward.js';
 import { createHttpProxy, formatClient } from './inbound/http.js';
+import { createSocksServer } from './inbound/socks.js';
 import type { Logger } from './log.js';
 import { Resolver } from './net/resolve.js';
 import { SelfAddresses } from './net/self.js';
@@ -20,7 +22,9 @@ export class Gateway {
   readonly audit: Audit;
   readonly tunnels = new Set<Tunnel>();
   private readonly self = new SelfAddresses();
-  private readonly servers = new Map<string, Server>();
+  private readonly servers = new Map<string, net.Server>();
+  /** Every accepted client socket, so shutdown can close them all. */
+  private readonly sockets = new Set<net.Socket>();
   private ctx: EgressContext;
   private readonly boot = randomBytes(3).toString('hex');
   private seq = 0;
@@ -36,14 +40,19 @@ export class Gateway {
 
   static async start(config: Config, log?: Logger): Promise<Gateway> {
     const gw = new Gateway(config, log);
+    const ctx = () => gw.ctx;
+    const nextId = () => gw.nextId();
+    const handshakeTimeoutMs = config.timeouts.handshake;
+    const { proxy, socks, forwards } = config.listen;
     try {
-      if (config.listen.proxy) {
-        const server = createHttpProxy(() => gw.ctx, {
-          name: 'proxy',
-          handshakeTimeoutMs: config.timeouts.handshake,
-          nextId: () => gw.nextId(),
-        });
-        await gw.listen('proxy', server, config.listen.proxy.host, config.listen.proxy.port);
+      if (proxy) {
+        await gw.listen('proxy', createHttpProxy(ctx, { name: 'proxy', handshakeTimeoutMs, nextId }), proxy);
+      }
+      if (socks) {
+        await gw.listen('socks', createSocksServer(ctx, { name: 'socks', handshakeTimeoutMs, nextId }), socks);
+      }
+      for (const f of forwards) {
+        await gw.listen(f.name, createForwardServer(ctx, { name: f.name, to: f.to, nextId }), f.listen);
       }
     } catch (err) {
       await gw.close();
@@ -73,9 +82,13 @@ export class Gateway {
     return `${this.boot}-${++this.seq}`;
   }
 
-  private listen(name: string, server: Server, host: string, port: number): Promise<void> {
+  private listen(name: string, server: net.Server, { host, port }: ListenAddress): Promise<void> {
     return new Promise((resolve, reject) => {
       server.once('error', reject);
+      server.on('connection', (s: net.Socket) => {
+        this.sockets.add(s);
+        s.once('close', () => this.sockets.delete(s));
+      });
       server.listen({ host, port, ipv6Only: host === '::' ? false : undefined }, () => {
         server.removeListener('error', reject);
         server.on('error', (err) => this.log?.error({ err, listener: name }, 'listener error'));
@@ -103,8 +116,8 @@ export class Gateway {
     this.closing ??= (async () => {
       this.ctx.stopped = true;
       const closed = [...this.servers.values()].map((s) => new Promise<void>((r) => s.close(() => r())));
-      for (const s of this.servers.values()) s.closeAllConnections();
       for (const t of this.tunnels) t.destroy('shutdown');
+      for (const s of this.sockets) s.destroy();
       // Attempts still resolving or dialling finish (bounded by their own
       // timeouts) and write their records; tunnels they open are cut at once.
       const { connect, dns } = this.config.timeouts;

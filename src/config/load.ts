@@ -86,7 +86,14 @@ export function summarize(c: Config): string {
   const patterns = rules.reduce((n, r) => n + r.patterns, 0);
   const cidrs = rules.reduce((n, r) => n + r.cidrs, 0);
   const ports = [...new Set(rules.flatMap((r) => [...r.ports]))].sort((a, b) => a - b);
-  const listeners = c.listen.proxy ? `proxy ${c.listen.proxy.text}` : 'none';
+  const listeners =
+    [
+      c.listen.proxy && `proxy ${c.listen.proxy.text}`,
+      c.listen.socks && `socks ${c.listen.socks.text}`,
+      ...c.listen.forwards.map((f) => `${f.name} ${f.listen.text}`),
+    ]
+      .filter(Boolean)
+      .join(', ') || 'none';
   return (
     `${rules.length} rule${rules.length === 1 ? '' : 's'}, ${patterns} host pattern${patterns === 1 ? '' : 's'}, ` +
     `${cidrs} CIDR${cidrs === 1 ? '' : 's'}, ports ${ports.join(',') || 'none'}; mode ${c.policy.mode}; listen ${listeners}`

@@ -1,7 +1,7 @@
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { CidrSet, canonicalIp, parseCidr, type Cidr } from '../net/ip.js';
-import { normalizeHost } from '../policy/hostport.js';
+import { normalizeHost, parseHostPort } from '../policy/hostport.js';
 import { compilePattern, HostMatcher } from '../policy/patterns.js';
 import type { Rule } from '../policy/policy.js';
 import { loadRangeFile } from './ranges.js';
@@ -80,6 +80,48 @@ const dnsServer = z.string().refine((v) => canonicalIp(v) !== null || parseListe
   error: (i) => `expected "ip", "ip:port" or "[ipv6]:port", got ${JSON.stringify(i.input)}`,
 });
 
+/** `host:port` a forward listener sends every connection to; the port is required. */
+const forwardTarget = z.string().transform((v, ctx) => {
+  try {
+    return parseHostPort(v);
+  } catch (err) {
+    ctx.addIssue({ code: 'custom', message: `expected "host:port" or "[ipv6]:port": ${(err as Error).message}` });
+    return z.NEVER;
+  }
+});
+
+const forward = z.strictObject({
+  name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'names are letters, digits, "_", "-" and "."'),
+  listen: listenAddress,
+  to: forwardTarget,
+});
+
+type Listeners = { proxy?: ListenAddress; socks?: ListenAddress; forwards: { name: string; listen: ListenAddress }[] };
+
+/** At least one listener; no two on the same address; unique listener names. */
+function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
+  const all: { path: (string | number)[]; name: string; at: ListenAddress }[] = [];
+  if (l.proxy) all.push({ path: ['proxy'], name: 'proxy', at: l.proxy });
+  if (l.socks) all.push({ path: ['socks'], name: 'socks', at: l.socks });
+  l.forwards.forEach((f, i) => all.push({ path: ['forwards', i, 'listen'], name: f.name, at: f.listen }));
+  if (all.length === 0) {
+    ctx.addIssue({ code: 'custom', message: 'at least one listener is needed (listen.proxy, listen.socks or listen.forwards)' });
+  }
+  const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
+  all.forEach((a, i) => {
+    for (const b of all.slice(0, i)) {
+      if (a.at.port !== 0 && a.at.port === b.at.port && (a.at.host === b.at.host || wildcard(a.at.host) || wildcard(b.at.host))) {
+        ctx.addIssue({ code: 'custom', path: a.path, message: `${a.at.text} overlaps listener "${b.name}" (${b.at.text})` });
+      }
+    }
+  });
+  const names = new Set(['proxy', 'socks']);
+  l.forwards.forEach((f, i) => {
+    if (names.has(f.name)) ctx.addIssue({ code: 'custom', path: ['forwards', i, 'name'], message: `duplicate listener name "${f.name}"` });
+    names.add(f.name);
+  });
+}
+
 export function configSchema(baseDir: string) {
   /** A CIDR, an address, or `file:path` (text or zip), relative to the config file. */
   const ipRange = z.string().transform((v, ctx): Cidr[] => {
@@ -149,8 +191,12 @@ export function configSchema(baseDir: string) {
 
   return z.strictObject({
     listen: z
-      .strictObject({ proxy: listenAddress.optional() })
-      .refine((l) => l.proxy !== undefined, { message: 'at least one listener is needed (listen.proxy)' }),
+      .strictObject({
+        proxy: listenAddress.optional(),
+        socks: listenAddress.optional(),
+        forwards: z.array(forward).default([]),
+      })
+      .superRefine(checkListeners),
     policy: z.strictObject({
       mode: z.enum(['enforce', 'report']).default('enforce'),
       rules: z

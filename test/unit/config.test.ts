@@ -67,7 +67,7 @@ describe('parseConfig: unknown keys', () => {
       y(
         'listen:', //                      1
         '  proxy: "127.0.0.1:3128"', //   2
-        '  socks: "127.0.0.1:1080"', //   3
+        '  sock: "127.0.0.1:1080"', //    3
         'policy:', //                      4
         '  rules:', //                     5
         '    - name: r', //                6
@@ -84,7 +84,7 @@ describe('parseConfig: unknown keys', () => {
       ),
     );
     expect(issues.map((i) => [i.path, i.line, i.message])).toEqual([
-      ['listen.socks', 3, 'unknown key'],
+      ['listen.sock', 3, 'unknown key'],
       ['policy.rules[0].colour', 9, 'unknown key'],
       ['policy.default', 10, 'unknown key'],
       ['dns.resolver', 12, 'unknown key'],

@@ -1,0 +1,42 @@
+import net, { type Socket } from 'node:net';
+import type { Attempt } from '../audit.js';
+import { openEgress, startTunnel, type EgressContext } from '../egress.js';
+import type { Target } from '../policy/hostport.js';
+import { formatClient } from './http.js';
+
+/**
+ * A raw TCP forward listener: every accepted connection is an attempt to
+ * reach the fixed `to` target, judged, resolved and dialled afresh through
+ * the same path as CONNECT. A refused connection is closed at once.
+ */
+
+export interface ForwardListenerOptions {
+  name: string;
+  to: Target;
+  nextId: () => string;
+}
+
+export function createForwardServer(ctx: () => EgressContext, opts: ForwardListenerOptions): net.Server {
+  // Paused until the upstream is open, so early bytes wait in the socket.
+  const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
+  server.on('connection', (socket: Socket) => {
+    socket.on('error', () => socket.destroy());
+    const attempt: Attempt = {
+      id: opts.nextId(),
+      client: formatClient(socket.remoteAddress, socket.remotePort),
+      listener: opts.name,
+      proto: 'tcp',
+      dest_host: opts.to.host,
+      dest_port: opts.to.port,
+    };
+    const c = ctx();
+    openEgress(c, attempt, opts.to).then(
+      (result) => {
+        if (!result.ok) socket.destroy();
+        else startTunnel(c, attempt, socket, result.upstream);
+      },
+      (err: Error) => socket.destroy(err),
+    );
+  });
+  return server;
+}
