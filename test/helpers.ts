@@ -32,7 +32,8 @@ export async function startGateway(config: Record<string, unknown>): Promise<Tes
   const auditFile = join(dir, 'audit.log');
   return {
     gw,
-    port: gw.address('proxy').port,
+    // The HTTP proxy's port (0 when the config has no proxy listener).
+    port: gw.config.listen.proxy ? gw.address('proxy').port : 0,
     dir,
     audit() {
       gw.audit.flushSync();
