@@ -18,6 +18,8 @@ export interface DecisionContext {
   allowRanges: CidrSet;
   resolver: Resolver;
   self: SelfAddresses;
+  /** Resolve names no rule's `hosts` match, to test them against `ip_ranges`. */
+  resolveUnlisted: boolean;
 }
 
 export interface Denial {
@@ -45,9 +47,10 @@ export async function decide(ctx: DecisionContext, target: Target): Promise<Deci
   const hostIndex = isIp || rules.length === 0 ? -1 : Policy.hostRuleIndex(rules, target.host);
   const hostRule = hostIndex >= 0 ? rules[hostIndex]!.name : undefined;
 
-  // Deny before any DNS query when no rule could still allow the destination.
+  // Deny before any DNS query when no rule could still allow the destination
+  // (or when names no rule lists may not cause queries: a DNS side channel).
   if (rules.length === 0) return policyDenial(ctx, target, { reason: 'port_not_allowed' }, null);
-  if (!isIp && hostIndex < 0 && !Policy.hasRanges(rules)) {
+  if (!isIp && hostIndex < 0 && (!ctx.resolveUnlisted || !Policy.hasRanges(rules))) {
     return policyDenial(ctx, target, { reason: notAllowed }, null);
   }
 

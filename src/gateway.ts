@@ -68,6 +68,7 @@ export class Gateway {
       allowRanges: config.policy.allow_ranges,
       resolver: new Resolver({ hosts: config.dns.hosts, servers: config.dns.servers, timeoutMs: config.timeouts.dns }),
       self: this.self,
+      resolveUnlisted: config.dns.resolve_unlisted,
       audit: this.audit,
       connectTimeoutMs: config.timeouts.connect,
       idleTimeoutMs: config.timeouts.idle,

@@ -215,6 +215,7 @@ export function configSchema(baseDir: string) {
       .strictObject({
         hosts: dnsHosts.prefault({}),
         servers: z.array(dnsServer).default([]),
+        resolve_unlisted: z.boolean().default(true),
       })
       .prefault({}),
     timeouts: z

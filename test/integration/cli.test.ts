@@ -91,7 +91,7 @@ describe('wa-egress serve', () => {
 
   it('refuses to start on a bad config, naming the key, with exit code 1', async () => {
     const { file } = writeConfig({ listen: { proxy: '127.0.0.1:0' }, policy: { rules: [{ name: 'r', hosts: ['*'], ports: [443] }] } });
-    const err = await run(process.execPath, [CLI, 'serve', '--config', file]).catch((e: { code: number; stderr: string }) => e);
+    const err = await run(process.execPath, [CLI, 'serve', '--config', file]).catch((e: { code: number; stderr: string }) => e) as { code: number; stderr: string };
     expect(err.code).toBe(1);
     expect(err.stderr).toContain('policy.rules[0].hosts[0]');
     expect(err.stderr).toContain('would match every name');
@@ -109,7 +109,7 @@ describe('wa-egress config check', () => {
     const dir = mkdtempSync(join(tmpdir(), 'wa-egress-cli-'));
     const file = join(dir, 'bad.yaml');
     writeFileSync(file, 'listen:\n  proxy: "127.0.0.1:3128"\n  extra: 1\npolicy:\n  rules:\n    - name: a\n      ip_ranges: ["10.0.0.1/8"]\n      ports: [70000]\n');
-    const err = await run(process.execPath, [CLI, 'config', 'check', file]).catch((e: { code: number; stderr: string }) => e);
+    const err = await run(process.execPath, [CLI, 'config', 'check', file]).catch((e: { code: number; stderr: string }) => e) as { code: number; stderr: string };
     expect(err.code).toBe(1);
     expect(err.stderr).toContain(`${file}:3:3: listen.extra: unknown key`);
     expect(err.stderr).toContain(`${file}:7:19: policy.rules[0].ip_ranges[0]: "10.0.0.1/8": host bits are set`);
@@ -124,7 +124,7 @@ describe('wa-egress config check', () => {
   });
 
   it('rejects an unknown command', async () => {
-    const err = await run(process.execPath, [CLI, 'frobnicate']).catch((e: { code: number; stderr: string }) => e);
+    const err = await run(process.execPath, [CLI, 'frobnicate']).catch((e: { code: number; stderr: string }) => e) as { code: number; stderr: string };
     expect(err.code).toBe(1);
     expect(err.stderr).toContain('unknown command');
   });

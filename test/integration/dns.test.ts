@@ -10,12 +10,12 @@ afterEach(async () => {
   cleanup = [];
 });
 
-async function setup(table: Parameters<typeof startDns>[0], policy: Record<string, unknown>, silent: string[] = []) {
+async function setup(table: Parameters<typeof startDns>[0], policy: Record<string, unknown>, silent: string[] = [], dnsExtra: object = {}) {
   const dns = await startDns(table, { silent });
   const echo: TestServer = await startTcpServer('127.0.0.1');
   const gw = await startGateway({
     policy: { allow_ranges: ['127.0.0.1/32'], ...policy, rules: (policy.rules as object[]).map((r) => ({ ports: [echo.port], ...r })) },
-    dns: { servers: [dns.server] },
+    dns: { servers: [dns.server], ...dnsExtra },
     timeouts: { dns: '500ms' },
   });
   cleanup.push(() => dns.close(), () => echo.close(), () => gw.close());
@@ -52,6 +52,27 @@ describe('DNS through dns.servers', () => {
     const { status } = await connectVia(gw.port, `secret-bits.attacker.example:${echo.port}`);
     expect(status).toBe(403);
     expect(dns.queries).toHaveLength(0);
+  });
+
+  it('with dns.resolve_unlisted false, sends no query for an unlisted name even when ip_ranges exist', async () => {
+    const { gw, echo, dns } = await setup(
+      { 'secret-bits.attacker.example': { A: ['127.0.0.1'] }, 'g.whatsapp.net': { A: ['127.0.0.1'] } },
+      { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ip_ranges: ['127.0.0.1/32'] }] },
+      [],
+      { resolve_unlisted: false },
+    );
+    const denied = await connectVia(gw.port, `secret-bits.attacker.example:${echo.port}`);
+    expect(denied.status).toBe(403);
+    expect(denied.headers['x-wa-egress-reason']).toBe('host_not_allowed');
+    expect(dns.queries).toHaveLength(0);
+    // A listed name is still resolved, and IP literals still meet ip_ranges.
+    const allowed = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
+    expect(allowed.status).toBe(200);
+    allowed.client.destroy();
+    const literal = await connectVia(gw.port, `127.0.0.1:${echo.port}`);
+    expect(literal.status).toBe(200);
+    literal.client.destroy();
+    expect(dns.queries.map((q) => q.name)).not.toContain('secret-bits.attacker.example');
   });
 
   it('answers 502 dns_failed for a listed name that does not resolve (NXDOMAIN and timeout)', async () => {

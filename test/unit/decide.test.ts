@@ -32,6 +32,7 @@ interface Setup {
   self?: [string, number][];
   /** The config file name, which anchors `file:` ranges. */
   file?: string;
+  resolveUnlisted?: boolean;
 }
 
 function setup(s: Setup): DecisionContext & { resolver: CountingResolver } {
@@ -44,7 +45,14 @@ function setup(s: Setup): DecisionContext & { resolver: CountingResolver } {
   const resolver = new CountingResolver({ hosts: config.dns.hosts, servers: ['127.0.0.1:9'], timeoutMs: 200 });
   const self = new SelfAddresses();
   for (const [ip, port] of s.self ?? []) self.add(ip, port);
-  return { policy: new Policy(config.policy.rules), mode: config.policy.mode, allowRanges: config.policy.allow_ranges, resolver, self };
+  return {
+    policy: new Policy(config.policy.rules),
+    mode: config.policy.mode,
+    allowRanges: config.policy.allow_ranges,
+    resolver,
+    self,
+    resolveUnlisted: s.resolveUnlisted ?? true,
+  };
 }
 
 const run = (ctx: DecisionContext, authority: string): Promise<Decision> => decide(ctx, parseHostPort(authority));
@@ -230,6 +238,15 @@ describe('decide: rule order', () => {
     const ctx = setup({ rules: [byName], hosts });
     expect(await run(ctx, 'other.example.net:443')).toEqual({ verdict: 'deny', reason: 'host_not_allowed', addresses: [] });
     expect(ctx.resolver.asked).toEqual([]);
+  });
+
+  it('with dns.resolve_unlisted false an unmatched name is denied without a DNS query, even with ip_ranges', async () => {
+    const ctx = setup({ rules: RULES, hosts: HOSTS, resolveUnlisted: false });
+    expect(await run(ctx, 'byip.example.net:443')).toEqual({ verdict: 'deny', reason: 'host_not_allowed', addresses: [] });
+    expect(ctx.resolver.asked).toEqual([]);
+    // Listed names and IP literals are judged as before.
+    expect(await run(ctx, 'allowed.example.com:443')).toMatchObject({ verdict: 'allow', rule: 'web' });
+    expect(await run(ctx, '157.240.2.2:443')).toMatchObject({ verdict: 'allow', rule: 'ranges' });
   });
 });
 
