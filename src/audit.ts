@@ -1,6 +1,5 @@
-import { mkdirSync, openSync } from 'node:fs';
-import { dirname } from 'node:path';
 import pino, { type Logger } from 'pino';
+import { AuditFile } from './audit-file.js';
 import type { Reason } from './errors.js';
 
 /**
@@ -41,27 +40,40 @@ export interface Closed {
   close_reason: CloseReason;
 }
 
-export class Audit {
-  private readonly stream: pino.DestinationStream & { flushSync(): void; end(): void };
-  private readonly log: Logger;
+export interface AuditOptions {
+  file: string;
+  /** `deny`: refuse new connections while records cannot be written; `continue`: keep serving. */
+  onError: 'deny' | 'continue';
+  log?: Logger;
+}
 
-  constructor(file: string) {
-    // Opened synchronously: a path that cannot be written stops start-up, and
-    // a flush right after start has a file to flush to.
-    let fd = 1;
-    if (file !== '-') {
-      mkdirSync(dirname(file), { recursive: true });
-      fd = openSync(file, 'a');
-    }
-    this.stream = pino.destination({ fd, sync: false }) as never;
-    this.log = pino(
-      {
-        base: null,
-        timestamp: pino.stdTimeFunctions.isoTime,
-        formatters: { level: (label) => ({ level: label }) },
-      },
-      this.stream,
-    );
+export class Audit {
+  private readonly out: AuditFile;
+  private readonly log: Logger;
+  dropped = 0;
+
+  constructor(private readonly opts: AuditOptions) {
+    const log = opts.log;
+    this.out = new AuditFile(opts.file, {
+      onError: (err) =>
+        log?.error(
+          { err: err.code ?? err.message, on_error: opts.onError },
+          opts.onError === 'deny' ? 'audit log cannot be written: refusing new connections' : 'audit log cannot be written',
+        ),
+      onRecover: () => log?.info('audit log writable again'),
+      onDrop: () => log?.error({ dropped: ++this.dropped }, 'audit record dropped: too many records waiting'),
+    });
+    this.log = pino({ base: null, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } }, this.out);
+  }
+
+  /** False while the destination fails to take writes; records wait in memory. */
+  get writable(): boolean {
+    return !this.out.failing;
+  }
+
+  /** Whether new connections may be served (records can be written, or the operator said continue). */
+  get accepting(): boolean {
+    return this.writable || this.opts.onError === 'continue';
   }
 
   denied(a: Attempt, f: { reason: Reason; enforced: boolean; rule?: string; dest_ip?: string; range?: string; error?: string }): void {
@@ -80,13 +92,23 @@ export class Audit {
     this.log.info({ event: 'egress.closed', ...a, ...f });
   }
 
-  /** Write everything buffered, synchronously (shutdown, tests). */
+  /** Write everything waiting, now (tests, a crash). */
   flushSync(): void {
-    this.stream.flushSync();
+    this.out.flushSync(0);
   }
 
+  /** Reopen the file by name (logrotate moved it); keeps the old one if the new cannot be opened. */
+  reopen(): void {
+    try {
+      this.out.reopen();
+      this.opts.log?.info({ file: this.opts.file }, 'audit file reopened');
+    } catch (err) {
+      this.opts.log?.error({ err }, 'cannot reopen the audit file; still writing to the old one');
+    }
+  }
+
+  /** Write everything and close the file. */
   close(): void {
-    this.flushSync();
-    this.stream.end();
+    if (!this.out.close()) this.opts.log?.error('audit records could not be written before exit');
   }
 }

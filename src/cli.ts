@@ -85,6 +85,8 @@ async function serve(args: string[]): Promise<void> {
     );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
+  // logrotate's move-and-signal: reopen the audit file by its name.
+  process.on('SIGUSR1', () => gw.audit.reopen());
   process.on('SIGINT', () => stop('SIGINT'));
   process.on('uncaughtException', (err) => {
     log.fatal({ err }, 'uncaught exception');

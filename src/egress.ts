@@ -39,6 +39,11 @@ export async function openEgress(ctx: EgressContext, attempt: Attempt, target: T
 }
 
 async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promise<EgressResult> {
+  // No connection the audit log cannot record (unless the operator chose to continue).
+  if (!ctx.audit.accepting) {
+    ctx.audit.denied(attempt, { reason: 'audit_unavailable', enforced: true });
+    return { ok: false, reason: 'audit_unavailable' };
+  }
   const d = await decide(ctx, target);
   if (d.wouldDeny) {
     ctx.audit.denied(attempt, { ...d.wouldDeny, dest_ip: d.addresses[0], enforced: false });

@@ -17,6 +17,8 @@ export const REASONS = {
   dns_failed: 502,
   connect_failed: 502,
   connect_timeout: 504,
+  // The gateway's own state.
+  audit_unavailable: 503,
 } as const;
 
 export type Reason = keyof typeof REASONS;

@@ -34,7 +34,7 @@ export class Gateway {
     readonly config: Config,
     private readonly log?: Logger,
   ) {
-    this.audit = new Audit(config.audit.file);
+    this.audit = new Audit({ file: config.audit.file, onError: config.audit.on_error, log });
     this.ctx = this.contextFor(config);
   }
 

@@ -228,9 +228,9 @@ export function configSchema(baseDir: string) {
       .prefault({}),
     keepalive: duration().prefault('30s'),
     audit: z
-      .strictObject({ file: z.string().min(1).default('-') })
+      .strictObject({ file: z.string().min(1).default('-'), on_error: z.enum(['deny', 'continue']).default('deny') })
       .prefault({})
-      .transform((a) => ({ file: a.file === '-' || isAbsolute(a.file) ? a.file : resolve(baseDir, a.file) })),
+      .transform((a) => ({ ...a, file: a.file === '-' || isAbsolute(a.file) ? a.file : resolve(baseDir, a.file) })),
   });
 }
 
