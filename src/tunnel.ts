@@ -57,10 +57,11 @@ export class Tunnel {
     });
     upstream.on('drain', () => client.resume());
     client.on('drain', () => upstream.resume());
-    client.on('end', () => {
+    const clientEnded = () => {
       this.reason ??= 'client_closed';
       upstream.end();
-    });
+    };
+    client.on('end', clientEnded);
     upstream.on('end', () => {
       this.reason ??= 'upstream_closed';
       client.end();
@@ -75,6 +76,9 @@ export class Tunnel {
       // Its 'close' may have been emitted already; count it, but after the
       // caller has registered this tunnel.
       if (client.closed) queueMicrotask(() => this.closed());
+    } else if (client.readableEnded) {
+      // Its FIN came, and was read, while the upstream was being dialled.
+      clientEnded();
     } else {
       client.resume();
     }

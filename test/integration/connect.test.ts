@@ -218,6 +218,29 @@ describe('tunnel behaviour', () => {
     expect(closed).toMatchObject({ bytes_up: 1000, bytes_down: 14, close_reason: 'client_closed' });
   });
 
+  it('propagates a FIN that arrives while the upstream is being dialled', async () => {
+    const server = await startTcpServer('127.0.0.1', (s) => {
+      const chunks: Buffer[] = [];
+      s.on('data', (d) => chunks.push(d));
+      s.on('end', () => s.end(`echo:${Buffer.concat(chunks)}`));
+    });
+    const dns = await import('../fixtures/dns-server.js');
+    // A slow DNS answer keeps the dial pending while the client's FIN arrives.
+    const slow = await dns.startDns({ 'g.whatsapp.net': { A: ['127.0.0.1'] } });
+    const gw = await startGateway({
+      policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [server.port] }], allow_ranges: ['127.0.0.1/32'] },
+      dns: { servers: [slow.server] },
+    });
+    cleanup.push(() => server.close(), () => slow.close(), () => gw.close());
+    const client = await RawClient.connect(gw.port);
+    client.socket.end(`CONNECT g.whatsapp.net:${server.port} HTTP/1.1\r\n\r\nlast words`);
+    expect((await client.head()).status).toBe(200);
+    await eventually(() => client.ended);
+    expect(client.text).toBe('echo:last words');
+    const closed = await eventually(() => gw.audit().find((r) => r.event === 'egress.closed'));
+    expect(closed).toMatchObject({ bytes_up: 10, close_reason: 'client_closed' });
+  });
+
   it('moves a large transfer intact with back-pressure (slow reader)', async () => {
     const size = 64 * 1024 * 1024;
     const payload = randomBytes(1024 * 1024);
