@@ -1,7 +1,8 @@
 import { EgressError, type Reason } from './errors.js';
 import { classify, type SpecialRange } from './net/classify.js';
+import type { Config } from './config/schema.js';
 import type { CidrSet } from './net/ip.js';
-import type { Resolver } from './net/resolve.js';
+import { Resolver } from './net/resolve.js';
 import type { SelfAddresses } from './net/self.js';
 import type { Target } from './policy/hostport.js';
 import { Policy } from './policy/policy.js';
@@ -20,6 +21,18 @@ export interface DecisionContext {
   self: SelfAddresses;
   /** Resolve names no rule's `hosts` match, to test them against `ip_ranges`. */
   resolveUnlisted: boolean;
+}
+
+/** The decision inputs a validated configuration describes. */
+export function decisionContext(config: Config, self: SelfAddresses): DecisionContext {
+  return {
+    policy: new Policy(config.policy.rules),
+    mode: config.policy.mode,
+    allowRanges: config.policy.allow_ranges,
+    resolver: new Resolver({ hosts: config.dns.hosts, servers: config.dns.servers, timeoutMs: config.timeouts.dns }),
+    self,
+    resolveUnlisted: config.dns.resolve_unlisted,
+  };
 }
 
 export interface Denial {

@@ -3,14 +3,13 @@ import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Audit } from './audit.js';
 import type { Config, ListenAddress } from './config/schema.js';
+import { decisionContext } from './decide.js';
 import type { EgressContext } from './egress.js';
 import { createForwardServer } from './inbound/forward.js';
 import { createHttpProxy, formatClient } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
 import type { Logger } from './log.js';
-import { Resolver } from './net/resolve.js';
 import { SelfAddresses } from './net/self.js';
-import { Policy } from './policy/policy.js';
 import type { Tunnel } from './tunnel.js';
 
 /**
@@ -63,12 +62,7 @@ export class Gateway {
 
   private contextFor(config: Config): EgressContext {
     return {
-      policy: new Policy(config.policy.rules),
-      mode: config.policy.mode,
-      allowRanges: config.policy.allow_ranges,
-      resolver: new Resolver({ hosts: config.dns.hosts, servers: config.dns.servers, timeoutMs: config.timeouts.dns }),
-      self: this.self,
-      resolveUnlisted: config.dns.resolve_unlisted,
+      ...decisionContext(config, this.self),
       audit: this.audit,
       connectTimeoutMs: config.timeouts.connect,
       idleTimeoutMs: config.timeouts.idle,

@@ -2,11 +2,10 @@ import { describe, it, expect } from 'vitest';
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml, stringify } from 'yaml';
 import { DEFAULT_CONFIG, parseConfig } from '../../src/config/load.js';
-import { decide, type Decision, type DecisionContext } from '../../src/decide.js';
+import { decide, decisionContext, type Decision, type DecisionContext } from '../../src/decide.js';
 import { Resolver } from '../../src/net/resolve.js';
 import { SelfAddresses } from '../../src/net/self.js';
 import { parseHostPort } from '../../src/policy/hostport.js';
-import { Policy } from '../../src/policy/policy.js';
 
 /**
  * decide() with a real Policy from parseConfig and a Resolver that answers
@@ -45,14 +44,7 @@ function setup(s: Setup): DecisionContext & { resolver: CountingResolver } {
   const resolver = new CountingResolver({ hosts: config.dns.hosts, servers: ['127.0.0.1:9'], timeoutMs: 200 });
   const self = new SelfAddresses();
   for (const [ip, port] of s.self ?? []) self.add(ip, port);
-  return {
-    policy: new Policy(config.policy.rules),
-    mode: config.policy.mode,
-    allowRanges: config.policy.allow_ranges,
-    resolver,
-    self,
-    resolveUnlisted: s.resolveUnlisted ?? true,
-  };
+  return { ...decisionContext(config, self), resolver, resolveUnlisted: s.resolveUnlisted ?? true };
 }
 
 const run = (ctx: DecisionContext, authority: string): Promise<Decision> => decide(ctx, parseHostPort(authority));
