@@ -1,3 +1,4 @@
+import { spawn } from 'node:child_process';
 import { mkdtempSync, readFileSync, existsSync, writeFileSync } from 'node:fs';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -163,4 +164,45 @@ export async function connectVia(proxyPort: number, authority: string, extra = '
   client.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n${extra}`);
   const { status, headers } = await client.head();
   return { client, status, headers };
+}
+
+/** A loopback port with no listener: bind one, then close it. */
+export async function freePort(): Promise<number> {
+  const s = net.createServer();
+  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
+  const port = (s.address() as AddressInfo).port;
+  await new Promise<void>((r) => s.close(() => r()));
+  return port;
+}
+
+const BLACKHOLE = `
+import socket, time
+s = socket.socket()
+s.bind(("127.0.0.1", 0))
+s.listen(0)
+print(s.getsockname()[1], flush=True)
+time.sleep(300)
+`;
+
+/**
+ * A loopback port whose SYNs go unanswered: a listener (python3) that never
+ * accepts, its one-slot queue filled, so the kernel drops further SYNs.
+ */
+export async function startBlackhole(): Promise<{ port: number; close(): void }> {
+  const py = spawn('python3', ['-c', BLACKHOLE], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const port = Number(await new Promise<string>((r) => py.stdout!.once('data', (d) => r(String(d)))));
+  const fillers: Socket[] = [];
+  for (let i = 0; i < 4; i++) {
+    const s = net.connect(port, '127.0.0.1');
+    s.on('error', () => {});
+    fillers.push(s);
+  }
+  await new Promise((r) => setTimeout(r, 300));
+  return {
+    port,
+    close() {
+      for (const s of fillers) s.destroy();
+      py.kill('SIGKILL');
+    },
+  };
 }

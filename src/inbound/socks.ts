@@ -101,6 +101,9 @@ class Handshake {
     socket.on('error', () => this.stop());
     socket.on('close', () => clearTimeout(this.timer));
     socket.on('end', () => {
+      // A connection that closes without a byte (a health check, a port
+      // scan) asked for nothing: no record, as on the HTTP listener.
+      if (socket.bytesRead === 0) return void socket.destroy();
       if (this.state !== 'dialling') this.refuse('bad_request', `client ended the ${this.state} early`);
     });
   }
@@ -180,7 +183,7 @@ class Handshake {
       if (b.length < 5) return false;
       end = 5 + b[4]!;
       if (b.length < end + 2) return false;
-      host = b.subarray(5, end).toString('latin1');
+      host = decodeName(b.subarray(5, end));
     } else {
       throw new SocksError(`address type ${atyp} not supported`, failure(REPLY.address_type_not_supported));
     }
@@ -192,7 +195,9 @@ class Handshake {
       target = { ...normalizeHost(host), port };
       this.attempt.dest_host = target.host;
       this.attempt.dest_port = port;
-      if (port === 0) throw new SocksError('port 0');
+      // UDP ASSOCIATE may send the all-zero address and port (RFC 1928 section 7):
+      // that is still a command to refuse with 0x07, not a malformed request.
+      if (port === 0 && cmd === 1) throw new SocksError('port 0');
     } catch (err) {
       if (!(err instanceof EgressError)) throw err;
       throw new SocksError(err.message, failure(REPLY.general_failure));
@@ -239,6 +244,22 @@ class Handshake {
   private stop(): void {
     clearTimeout(this.timer);
     this.socket.removeListener('data', this.onData);
+  }
+}
+
+const UTF8 = new TextDecoder('utf-8', { fatal: true });
+
+/**
+ * DST.ADDR of a domain name: clients that send an internationalised name
+ * send it as UTF-8 (it is then judged in its punycode form, like a name in
+ * CONNECT); bytes that are not valid UTF-8 are read as latin1, one
+ * character a byte, and normalised and checked like any other name.
+ */
+function decodeName(bytes: Buffer): string {
+  try {
+    return UTF8.decode(bytes);
+  } catch {
+    return bytes.toString('latin1');
   }
 }
 

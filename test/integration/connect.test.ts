@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connectVia, eventually, RawClient, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
+import { connectVia, eventually, freePort, RawClient, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
 
 const run = promisify(execFile);
 
@@ -358,11 +358,3 @@ describe('tunnel behaviour', () => {
   });
 });
 
-function freePort(): Promise<number> {
-  return new Promise((resolve) => {
-    const s = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = s.address() as net.AddressInfo;
-      s.close(() => resolve(port));
-    });
-  });
-}

@@ -1,5 +1,5 @@
 import { afterEach, describe, expect, it } from 'vitest';
-import { startDns, type TestDns } from '../fixtures/dns-server.js';
+import { startDns } from '../fixtures/dns-server.js';
 import { connectVia, startGateway, startTcpServer, type TestServer } from '../helpers.js';
 
 /** Resolution through `dns.servers` (a DNS server this test starts; never the system resolver). */

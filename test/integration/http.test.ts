@@ -2,10 +2,10 @@ import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
-import net, { type AddressInfo, type Socket } from 'node:net';
+import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { RawClient, eventually, startGateway, startTcpServer, type AuditRecord, type TestGateway, type TestServer } from '../helpers.js';
+import { RawClient, eventually, freePort, startGateway, startTcpServer, type AuditRecord, type TestGateway, type TestServer } from '../helpers.js';
 
 /**
  * Absolute-form HTTP through the proxy, with real sockets on loopback only:
@@ -117,14 +117,6 @@ async function startOrigin(): Promise<Origin> {
   return origin;
 }
 
-/** A port with no listener: bind one, then close it. */
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  await new Promise<void>((r) => s.listen(0, '127.0.0.1', () => r()));
-  const port = (s.address() as AddressInfo).port;
-  await new Promise<void>((r) => s.close(() => r()));
-  return port;
-}
 
 // ---------------------------------------------------------------------------
 // Fixtures

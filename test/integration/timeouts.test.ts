@@ -1,22 +1,11 @@
-import { spawn } from 'node:child_process';
-import net from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connectVia, eventually, RawClient, startGateway } from '../helpers.js';
+import { connectVia, eventually, RawClient, startBlackhole, startGateway } from '../helpers.js';
 
 let cleanup: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
   for (const c of cleanup.reverse()) await c();
   cleanup = [];
 });
-
-const BLACKHOLE = `
-import socket, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(0)
-print(s.getsockname()[1], flush=True)
-time.sleep(120)
-`;
 
 const policy = (port: number) => ({
   rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [port] }],
@@ -44,18 +33,9 @@ describe('timeouts', () => {
   });
 
   it('answers 504 connect_timeout when the destination never accepts', async () => {
-    // A listener that never accepts, its one-slot queue filled: further SYNs are dropped.
-    const py = spawn('python3', ['-c', BLACKHOLE], { stdio: ['ignore', 'pipe', 'inherit'] });
-    cleanup.push(() => void py.kill('SIGKILL'));
-    const port = Number(await new Promise<string>((r) => py.stdout.once('data', (d) => r(String(d)))));
-    const fillers: net.Socket[] = [];
-    for (let i = 0; i < 4; i++) {
-      const s = net.connect(port, '127.0.0.1');
-      s.on('error', () => {});
-      fillers.push(s);
-    }
-    cleanup.push(() => fillers.forEach((s) => s.destroy()));
-    await new Promise((r) => setTimeout(r, 300));
+    const blackhole = await startBlackhole();
+    cleanup.push(() => blackhole.close());
+    const port = blackhole.port;
     const gw = await startGateway({
       policy: policy(port),
       dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
