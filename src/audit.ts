@@ -23,6 +23,12 @@ export interface Attempt {
   request?: number;
 }
 
+/** `ip:port`, IPv6 as `[ip]:port`: how records name an endpoint. */
+export function formatClient(address: string | undefined, port: number | undefined): string {
+  if (!address) return 'unknown';
+  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
+}
+
 export type CloseReason =
   | 'client_closed'
   | 'upstream_closed'

@@ -1,12 +1,12 @@
 import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
-import { Audit } from './audit.js';
+import { Audit, formatClient } from './audit.js';
 import type { Config, ListenAddress } from './config/schema.js';
 import { decisionContext } from './decide.js';
 import type { EgressContext } from './egress.js';
 import { createForwardServer } from './inbound/forward.js';
-import { createHttpProxy, formatClient } from './inbound/http.js';
+import { createHttpProxy } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
 import type { Logger } from './log.js';
 import { SelfAddresses } from './net/self.js';

@@ -1,8 +1,7 @@
 import net, { type Socket } from 'node:net';
-import type { Attempt } from '../audit.js';
+import { formatClient, type Attempt } from '../audit.js';
 import { openEgress, startTunnel, type EgressContext } from '../egress.js';
 import type { Target } from '../policy/hostport.js';
-import { formatClient } from './http.js';
 
 /**
  * A raw TCP forward listener: every accepted connection is an attempt to

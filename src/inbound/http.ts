@@ -1,6 +1,6 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
-import type { Attempt } from '../audit.js';
+import { formatClient, type Attempt } from '../audit.js';
 import { openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError, httpStatus, type Reason } from '../errors.js';
 import { parseAbsoluteUrl, parseHostPort, type Target } from '../policy/hostport.js';
@@ -40,11 +40,6 @@ interface Exchange {
 }
 
 const conns = new WeakMap<Socket, Conn>();
-
-export function formatClient(address: string | undefined, port: number | undefined): string {
-  if (!address) return 'unknown';
-  return address.includes(':') ? `[${address}]:${port}` : `${address}:${port}`;
-}
 
 export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOptions): http.Server {
   const server = http.createServer({

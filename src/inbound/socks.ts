@@ -1,10 +1,9 @@
 import net, { type Socket } from 'node:net';
-import type { Attempt } from '../audit.js';
+import { formatClient, type Attempt } from '../audit.js';
 import { openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError, type Reason } from '../errors.js';
 import { bigIntToV6, numberToV4, v6ToBigInt } from '../net/ip.js';
 import { normalizeHost, type Target } from '../policy/hostport.js';
-import { formatClient } from './http.js';
 
 /**
  * SOCKS5 listener (RFC 1928, CONNECT only). Names are resolved by the proxy
