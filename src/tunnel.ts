@@ -68,14 +68,14 @@ export class Tunnel {
     });
     client.on('error', () => this.destroy('client_error'));
     upstream.on('error', () => this.destroy('upstream_error'));
-    client.on('close', () => this.closed());
-    upstream.on('close', () => this.closed());
+    client.on('close', () => this.closed(client, 'client_closed'));
+    upstream.on('close', () => this.closed(upstream, 'upstream_closed'));
     // A client that left while the upstream was being dialled.
     if (client.destroyed) {
       this.destroy('client_closed');
       // Its 'close' may have been emitted already; count it, but after the
       // caller has registered this tunnel.
-      if (client.closed) queueMicrotask(() => this.closed());
+      if (client.closed) queueMicrotask(() => this.closed(client, 'client_closed'));
     } else if (client.readableEnded) {
       // Its FIN came, and was read, while the upstream was being dialled.
       clientEnded();
@@ -91,7 +91,10 @@ export class Tunnel {
     this.upstream.destroy();
   }
 
-  private closed(): void {
+  private closed(socket: Socket, reason: CloseReason): void {
+    // A socket closed under us (destroyed, not ended both ways) takes the
+    // other side with it; otherwise the other side is finishing on its own.
+    if (!(socket.readableEnded && socket.writableFinished)) this.destroy(reason);
     if (--this.open > 0) return;
     this.onClose({
       dest_ip: this.destIp,

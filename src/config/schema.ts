@@ -147,7 +147,9 @@ export function configSchema(baseDir: string) {
       name: z.string().min(1),
       hosts: z.array(pattern).default([]),
       ip_ranges: z.array(ipRange).default([]),
-      ports: z.array(port).min(1, 'a rule needs at least one port'),
+      ports: z
+        .array(port, { error: (i) => (i.input === undefined ? 'a rule needs ports' : undefined) })
+        .min(1, 'a rule needs at least one port'),
     })
     .refine((r) => r.hosts.length > 0 || r.ip_ranges.length > 0, {
       message: 'a rule needs hosts and/or ip_ranges',
@@ -176,6 +178,10 @@ export function configSchema(baseDir: string) {
         name = n.host;
       } catch (err) {
         ctx.addIssue({ code: 'custom', path: [key], message: `bad hostname: ${(err as Error).message}` });
+        continue;
+      }
+      if (map.has(name)) {
+        ctx.addIssue({ code: 'custom', path: [key], message: `names the same host as another key (${name})` });
         continue;
       }
       const addresses: string[] = [];

@@ -72,8 +72,23 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     // Node's HTTP server has let go of the socket: errors are ours now.
     socket.on('error', () => socket.destroy());
-    handleConnect(ctx(), attemptFor(socket, 'connect'), req, socket, head).catch((err) => {
-      socket.destroy(err as Error);
+    const attempt = attemptFor(socket, 'connect');
+    const run = () =>
+      handleConnect(ctx(), attempt, req, socket, head).catch((err) => {
+        socket.destroy(err as Error);
+      });
+    // Node hands over a pipelined CONNECT as soon as it is parsed; answers
+    // stay in order, so it waits for the response to the request before it.
+    const previous = conns.get(socket)?.current?.res;
+    if (!previous || previous.writableFinished || previous.destroyed) return void run();
+    previous.once('close', () => {
+      if (!socket.destroyed && !socket.writableEnded) return void run();
+      const target = guessTarget('CONNECT', req.url ?? '');
+      ctx().audit.denied(
+        { ...attempt, dest_host: target?.host, dest_port: target?.port },
+        { reason: 'bad_request', enforced: true, error: 'the connection closed before the pipelined CONNECT could be answered' },
+      );
+      socket.destroy();
     });
   });
 
@@ -93,7 +108,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     if (conn) conn.current = ex;
     exchanges.add(ex);
     res.on('close', () => exchanges.delete(ex));
-    handleRequest(ctx(), ex).catch((err) => {
+    handleRequest(ctx(), ex, opts.handshakeTimeoutMs).catch((err) => {
       res.destroy(err as Error);
     });
   });
@@ -171,7 +186,7 @@ function refuseMalformed(ctx: EgressContext, ex: Exchange, reason: Reason, detai
   else ex.req.socket.end();
 }
 
-async function handleRequest(ctx: EgressContext, ex: Exchange) {
+async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: number) {
   const { attempt, req, res } = ex;
   let url: ReturnType<typeof parseAbsoluteUrl>;
   try {
@@ -191,7 +206,10 @@ async function handleRequest(ctx: EgressContext, ex: Exchange) {
   }
   const result = await openEgress(ctx, attempt, url.target);
   if (!result.ok) {
-    if (!ex.refused) answer(res, result.reason, result.message, false);
+    if (!ex.refused) {
+      answer(res, result.reason, result.message, false);
+      discardBody(req, bodyTimeoutMs);
+    }
     return;
   }
 
@@ -201,9 +219,11 @@ async function handleRequest(ctx: EgressContext, ex: Exchange) {
   let bytesUp = 0;
   let bytesDown = 0;
   let done = false;
+  const socket = req.socket;
   const finish = (close_reason: 'done' | 'client_closed' | 'client_error' | 'upstream_error' | 'idle_timeout' | 'shutdown') => {
     if (done) return;
     done = true;
+    socket.removeListener('close', onSocketClose);
     upstream.destroy();
     ctx.audit.closed(attempt, {
       dest_ip: destIp,
@@ -213,10 +233,17 @@ async function handleRequest(ctx: EgressContext, ex: Exchange) {
       close_reason,
     });
   };
+  // A response queued behind others (pipelining) hears nothing when the
+  // connection closes under it: watch the socket itself.
+  const onSocketClose = () => {
+    finish(ctx.stopped ? 'shutdown' : 'client_closed');
+    res.destroy();
+  };
   // Refused as malformed while the dial was under way.
   if (ex.refused) return finish('client_error');
   // The client, or the whole gateway, went away while we were dialling.
-  if (res.destroyed) return finish(ctx.stopped ? 'shutdown' : 'client_closed');
+  if (res.destroyed || socket.destroyed) return finish(ctx.stopped ? 'shutdown' : 'client_closed');
+  socket.once('close', onSocketClose);
   ex.abort = finish;
   if (ctx.idleTimeoutMs > 0) {
     upstream.setTimeout(ctx.idleTimeoutMs, () => {
@@ -262,6 +289,20 @@ async function handleRequest(ctx: EgressContext, ex: Exchange) {
     bytesUp += chunk.length;
   });
   req.pipe(upReq);
+}
+
+/**
+ * The body of a refused request is read and dropped so the connection can
+ * serve the next request, but only for as long as a request head may take:
+ * a client cannot hold the connection by trickling a body nobody wants.
+ */
+function discardBody(req: IncomingMessage, ms: number): void {
+  if (req.complete) return;
+  const timer = setTimeout(() => req.socket.destroy(), ms);
+  const done = () => clearTimeout(timer);
+  req.once('end', done);
+  req.once('close', done);
+  req.resume();
 }
 
 /** An error answer on a request the HTTP parser accepted. */
