@@ -1,0 +1,250 @@
+// Shared helpers for the benchmark: child processes with a request/response
+// IPC channel, free ports, waiting for a listener, and /proc readings of a
+// whole process tree (RSS and CPU time).
+
+import { fork } from 'node:child_process';
+import { readFileSync, readdirSync } from 'node:fs';
+import net from 'node:net';
+
+export const CLK_TCK = 100; // USER_HZ on Linux (getconf CLK_TCK)
+
+export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+/** A port that was free a moment ago on 127.0.0.1. */
+export function freePort() {
+  return new Promise((resolve, reject) => {
+    const s = net.createServer();
+    s.once('error', reject);
+    s.listen(0, '127.0.0.1', () => {
+      const { port } = s.address();
+      s.close(() => resolve(port));
+    });
+  });
+}
+
+/** Resolve once something accepts TCP connections on host:port. */
+export async function waitForPort(port, host = '127.0.0.1', timeoutMs = 15_000, isAlive = () => true) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const ok = await new Promise((resolve) => {
+      const s = net.connect(port, host);
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return;
+    if (!isAlive()) throw new Error(`process exited before listening on ${host}:${port}`);
+    if (Date.now() > deadline) throw new Error(`nothing listening on ${host}:${port} after ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+/**
+ * A forked Node child that answers `{id, op, ...}` messages with
+ * `{id, ok, result|error}`; its first message is `{ready, ...info}`.
+ */
+export class Child {
+  static async fork(script, args = [], { execArgv = [], env } = {}) {
+    const proc = fork(script, args, {
+      execArgv,
+      stdio: ['ignore', 'inherit', 'inherit', 'ipc'],
+      env: env ?? process.env,
+    });
+    const c = new Child(proc);
+    c.info = await new Promise((resolve, reject) => {
+      const onExit = (code) => reject(new Error(`${script} exited with ${code} before it was ready`));
+      proc.once('exit', onExit);
+      proc.once('message', (m) => {
+        proc.removeListener('exit', onExit);
+        if (m && m.ready) resolve(m);
+        else reject(new Error(`${script}: unexpected first message ${JSON.stringify(m)}`));
+      });
+    });
+    proc.on('message', (m) => c.onMessage(m));
+    return c;
+  }
+
+  constructor(proc) {
+    this.proc = proc;
+    this.pid = proc.pid;
+    this.seq = 0;
+    this.pending = new Map();
+    this.exited = false;
+    proc.on('exit', (code, signal) => {
+      this.exited = true;
+      for (const { reject } of this.pending.values()) reject(new Error(`child ${this.pid} exited (${code ?? signal})`));
+      this.pending.clear();
+    });
+  }
+
+  onMessage(m) {
+    const p = this.pending.get(m.id);
+    if (!p) return;
+    this.pending.delete(m.id);
+    if (m.ok) p.resolve(m.result);
+    else p.reject(new Error(m.error));
+  }
+
+  call(op, args = {}) {
+    if (this.exited) return Promise.reject(new Error(`child ${this.pid} has exited`));
+    const id = ++this.seq;
+    return new Promise((resolve, reject) => {
+      this.pending.set(id, { resolve, reject });
+      this.proc.send({ id, op, ...args });
+    });
+  }
+
+  async stop() {
+    if (this.exited) return;
+    const gone = new Promise((r) => this.proc.once('exit', r));
+    this.proc.kill('SIGTERM');
+    const t = setTimeout(() => this.proc.kill('SIGKILL'), 3000);
+    await gone;
+    clearTimeout(t);
+  }
+}
+
+/** The child side of `Child`: register handlers, then announce readiness. */
+export function serveIpc(handlers, info = {}) {
+  process.on('message', async (m) => {
+    const h = handlers[m.op];
+    if (!h) return process.send({ id: m.id, ok: false, error: `unknown op ${m.op}` });
+    try {
+      process.send({ id: m.id, ok: true, result: await h(m) });
+    } catch (err) {
+      process.send({ id: m.id, ok: false, error: String(err?.stack ?? err) });
+    }
+  });
+  process.on('disconnect', () => process.exit(0));
+  process.send({ ready: true, ...info });
+}
+
+// ---------------------------------------------------------------- /proc
+
+function childrenOf(pid) {
+  const out = [];
+  let tasks;
+  try {
+    tasks = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return out;
+  }
+  for (const tid of tasks) {
+    try {
+      const text = readFileSync(`/proc/${pid}/task/${tid}/children`, 'utf8').trim();
+      if (text) out.push(...text.split(/\s+/).map(Number));
+    } catch {
+      // task gone, or the kernel lacks the children file: fall back below
+    }
+  }
+  return out;
+}
+
+/** Parent map from /proc/<pid>/stat, for kernels without task/<tid>/children. */
+function allParents() {
+  const parents = new Map();
+  for (const name of readdirSync('/proc')) {
+    if (!/^\d+$/.test(name)) continue;
+    try {
+      const stat = readFileSync(`/proc/${name}/stat`, 'utf8');
+      const rest = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      parents.set(Number(name), Number(rest[1]));
+    } catch {
+      // gone
+    }
+  }
+  return parents;
+}
+
+/** The pid and all its descendants. */
+export function processTree(pid) {
+  const tree = [pid];
+  let viaChildren = true;
+  for (let i = 0; i < tree.length; i++) {
+    const kids = childrenOf(tree[i]);
+    if (i === 0 && kids.length === 0) viaChildren = false;
+    tree.push(...kids);
+  }
+  if (viaChildren) return [...new Set(tree)];
+  // Either no children, or no children file: check with the parent map.
+  const parents = allParents();
+  const out = [pid];
+  for (let i = 0; i < out.length; i++) for (const [p, pp] of parents) if (pp === out[i]) out.push(p);
+  return [...new Set(out)];
+}
+
+function statusField(pid, field) {
+  try {
+    const m = new RegExp(`^${field}:\\s+(\\d+)`, 'm').exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
+    return m ? Number(m[1]) : 0;
+  } catch {
+    return 0;
+  }
+}
+
+/** VmRSS of the whole tree, KiB. */
+export function treeRssKiB(pid) {
+  return processTree(pid).reduce((sum, p) => sum + statusField(p, 'VmRSS'), 0);
+}
+
+/** Threads of the whole tree. */
+export function treeThreads(pid) {
+  return processTree(pid).reduce((sum, p) => sum + statusField(p, 'Threads'), 0);
+}
+
+/** utime+stime (+ reaped children's) of the whole tree, seconds. */
+export function treeCpuSeconds(pid) {
+  let ticks = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const stat = readFileSync(`/proc/${p}/stat`, 'utf8');
+      const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      // fields 14..17 of stat; f[0] is field 3
+      ticks += Number(f[11]) + Number(f[12]) + Number(f[13]) + Number(f[14]);
+    } catch {
+      // gone
+    }
+  }
+  return ticks / CLK_TCK;
+}
+
+/** Busy CPU time of the whole machine (all cores), seconds. */
+export function machineBusySeconds() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
+  // user nice system idle iowait irq softirq steal ...
+  return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / CLK_TCK;
+}
+
+/** Open file descriptors of one process. */
+export function fdCount(pid) {
+  try {
+    return readdirSync(`/proc/${pid}/fd`).length;
+  } catch {
+    return 0;
+  }
+}
+
+// ---------------------------------------------------------------- stats
+
+export function percentile(sorted, p) {
+  if (sorted.length === 0) return NaN;
+  const i = Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1));
+  return sorted[i];
+}
+
+/** Least-squares slope of y over x. */
+export function slope(points) {
+  const n = points.length;
+  if (n < 2) return NaN;
+  const mx = points.reduce((s, p) => s + p.x, 0) / n;
+  const my = points.reduce((s, p) => s + p.y, 0) / n;
+  let num = 0;
+  let den = 0;
+  for (const p of points) {
+    num += (p.x - mx) * (p.y - my);
+    den += (p.x - mx) ** 2;
+  }
+  return den === 0 ? NaN : num / den;
+}
