@@ -31,9 +31,6 @@ export const POLICY_REASONS: ReadonlySet<Reason> = new Set([
   'special_range',
 ]);
 
-/** Reasons that are failures of an allowed destination (`egress.failed`). */
-export const FAILURE_REASONS: ReadonlySet<Reason> = new Set(['dns_failed', 'connect_failed', 'connect_timeout']);
-
 export function httpStatus(reason: Reason): number {
   return REASONS[reason];
 }
