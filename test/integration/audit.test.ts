@@ -114,6 +114,29 @@ describe('audit rotation and shutdown (the command)', () => {
     for (let i = 0; i < n; i += 250) await denials(port, from + i, Math.min(250, n - i));
   }
 
+  it('refuses new connections when stdout (audit.file "-") is a closed pipe', async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'wa-egress-pipe-'));
+    const file = join(dir, 'config.yaml');
+    writeFileSync(file, stringify({ listen: { proxy: '127.0.0.1:0' }, policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [443] }] }, audit: { file: '-' } }));
+    child = spawn(process.execPath, [CLI, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    const line = await eventually(() => err.split('\n').find((l) => l.includes('"listening"')), 10_000);
+    const port = Number(/:(\d+)"/.exec(line)![1]);
+    child.stdout!.destroy(); // the reader of the audit pipe goes away
+    const answer = (host: string) =>
+      new Promise<string>((done) => {
+        const s = net.connect(port, '127.0.0.1', () => s.write(`CONNECT ${host}:443 HTTP/1.1\r\n\r\n`));
+        s.on('data', (d) => {
+          s.destroy();
+          done(String(d).split('\r\n')[0]!);
+        });
+      });
+    expect(await answer('first.example')).toBe('HTTP/1.1 403 Forbidden');
+    await eventually(() => err.includes('audit log cannot be written'));
+    expect(await answer('g.whatsapp.net')).toBe('HTTP/1.1 503 Service Unavailable');
+  });
+
   it('10,000 denials then SIGTERM, with a rotation (move + SIGUSR1) in the middle: every record, complete, once', async () => {
     const dir = mkdtempSync(join(tmpdir(), 'wa-egress-rotate-'));
     mkdirSync(dir, { recursive: true });
