@@ -1,8 +1,7 @@
-import { spawn } from 'node:child_process';
 import dgram from 'node:dgram';
 import net, { type AddressInfo, type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { eventually, RawClient, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
+import { eventually, RawClient, startBlackhole, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
 import { exchange, mark, recordsOf, sleep, socksExchange, waitRecords } from './support.js';
 
 /**
@@ -42,31 +41,11 @@ async function expectNoLeak(baseline: Record<string, number>, ms = 8000): Promis
   }
 }
 
-const BLACKHOLE = `
-import socket, time
-s = socket.socket()
-s.bind(("127.0.0.1", 0))
-s.listen(0)
-print(s.getsockname()[1], flush=True)
-time.sleep(120)
-`;
-
-/** A loopback port whose listener never accepts and whose backlog is full: SYNs go unanswered. */
+/** A loopback port whose SYNs go unanswered (see startBlackhole), closed after the test. */
 async function blackhole(): Promise<number> {
-  const py = spawn('python3', ['-c', BLACKHOLE], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const port = Number(await new Promise<string>((r) => py.stdout.once('data', (d) => r(String(d)))));
-  const fillers: Socket[] = [];
-  for (let i = 0; i < 4; i++) {
-    const s = net.connect(port, '127.0.0.1');
-    s.on('error', () => {});
-    fillers.push(s);
-  }
-  await sleep(300);
-  cleanup.push(() => {
-    fillers.forEach((s) => s.destroy());
-    py.kill('SIGKILL');
-  });
-  return port;
+  const b = await startBlackhole();
+  cleanup.push(() => b.close());
+  return b.port;
 }
 
 /** A UDP "DNS server" that reads every query and answers none. */
