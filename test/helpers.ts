@@ -67,7 +67,7 @@ export interface TestServer {
 }
 
 /** A TCP server; `onSocket` decides what it does (default: echo). */
-export async function startTcpServer(host = '127.0.0.1', onSocket: (s: Socket) => void = (s) => s.pipe(s)): Promise<TestServer> {
+export async function startTcpServer(host = '127.0.0.1', onSocket: (s: Socket) => void = (s) => s.pipe(s), port = 0): Promise<TestServer> {
   const sockets = new Set<Socket>();
   const server = net.createServer({ allowHalfOpen: true }, (s) => {
     result.connections++;
@@ -76,7 +76,7 @@ export async function startTcpServer(host = '127.0.0.1', onSocket: (s: Socket) =
     s.on('error', () => {});
     onSocket(s);
   });
-  await new Promise<void>((r) => server.listen(0, host, () => r()));
+  await new Promise<void>((r) => server.listen(port, host, () => r()));
   const result: TestServer = {
     port: (server.address() as AddressInfo).port,
     host,

@@ -4,7 +4,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { parseConfig } from '../../src/config/load.js';
 import { ConfigError } from '../../src/errors.js';
 import { startDns } from '../fixtures/dns-server.js';
-import { eventually, RawClient, startGateway, startTcpServer, type TestServer } from '../helpers.js';
+import { eventually, RawClient, startBlackhole, startGateway, startTcpServer, type TestServer } from '../helpers.js';
 
 /** Raw TCP forward listeners: a fixed target, judged and dialled afresh on every connection. */
 
@@ -64,6 +64,21 @@ describe('forward listeners', () => {
     expect((await client.bytes(1)).toString()).toBe('x');
     client.destroy();
     expect(gw.audit()[0]).toMatchObject({ event: 'egress.allowed', dest_ip: '127.0.0.1' });
+  });
+
+  it('tries the next address when the first times out, within timeouts.connect overall', async () => {
+    const blackhole = await startBlackhole(); // 127.0.0.1:P never answers a SYN
+    const echo = await startTcpServer('127.0.0.2', undefined, blackhole.port); // 127.0.0.2:P echoes
+    cleanup.push(() => blackhole.close(), () => echo.close());
+    const { gw, port } = await forwardGateway(`g.whatsapp.net:${blackhole.port}`, echo, { hosts: { 'g.whatsapp.net': ['127.0.0.1', '127.0.0.2'] } });
+    const started = Date.now();
+    const client = await RawClient.connect(port);
+    client.write('late');
+    expect((await client.bytes(4, 4000)).toString()).toBe('late');
+    // The first attempt had half of the 2 s budget.
+    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+    client.destroy();
+    expect(gw.audit()[0]).toMatchObject({ event: 'egress.allowed', dest_ip: '127.0.0.2' });
   });
 
   it('resolves on every connection, so a DNS change applies to the next one', async () => {
