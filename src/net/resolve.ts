@@ -5,8 +5,13 @@ import { EgressError } from '../errors.js';
  * Name resolution with static overrides. Answers are canonical IP strings;
  * the caller checks every one and dials only those, never the name.
  * With `servers` set, queries go to those servers only (c-ares, off Node's
- * thread pool); otherwise the system resolver (getaddrinfo) answers.
+ * thread pool) and answers are cached for their TTL (bounded in time and
+ * entries; TTL 0 is never cached); otherwise the system resolver
+ * (getaddrinfo) answers, uncached. Concurrent lookups of one name share a query.
  */
+
+const MAX_CACHED = 10_000;
+const MAX_TTL_S = 300;
 
 export interface ResolverOptions {
   /** Canonical name → canonical addresses, consulted before DNS. */
@@ -19,6 +24,8 @@ export class Resolver {
   private readonly hosts: ReadonlyMap<string, readonly string[]>;
   private readonly dns: dns.Resolver | null;
   private readonly timeoutMs: number;
+  private readonly cache = new Map<string, { addresses: string[]; expires: number }>();
+  private readonly pending = new Map<string, Promise<string[]>>();
 
   constructor(opts: ResolverOptions) {
     this.hosts = opts.hosts;
@@ -36,9 +43,17 @@ export class Resolver {
   async resolve(name: string): Promise<string[]> {
     const fixed = this.hosts.get(name);
     if (fixed) return [...fixed];
+    const hit = this.cache.get(name);
+    if (hit && hit.expires > Date.now()) return [...hit.addresses];
+    let query = this.pending.get(name);
+    if (!query) {
+      query = withTimeout(this.dns ? this.query(this.dns, name) : this.system(name), this.timeoutMs, name);
+      this.pending.set(name, query);
+      void query.finally(() => this.pending.delete(name)).catch(() => {});
+    }
     let addresses: string[];
     try {
-      addresses = await withTimeout(this.dns ? this.query(this.dns, name) : this.system(name), this.timeoutMs, name);
+      addresses = [...(await query)];
     } catch (err) {
       if (err instanceof EgressError) throw err;
       throw new EgressError('dns_failed', `cannot resolve ${name}: ${(err as NodeJS.ErrnoException).code ?? err}`, {
@@ -50,9 +65,17 @@ export class Resolver {
   }
 
   private async query(r: dns.Resolver, name: string): Promise<string[]> {
-    const [a, aaaa] = await Promise.allSettled([r.resolve4(name), r.resolve6(name)]);
+    const [a, aaaa] = await Promise.allSettled([r.resolve4(name, { ttl: true }), r.resolve6(name, { ttl: true })]);
     if (a.status === 'rejected' && aaaa.status === 'rejected') throw a.reason;
-    return [...(a.status === 'fulfilled' ? a.value : []), ...(aaaa.status === 'fulfilled' ? aaaa.value : [])];
+    const answers = [...(a.status === 'fulfilled' ? a.value : []), ...(aaaa.status === 'fulfilled' ? aaaa.value : [])];
+    const addresses = answers.map((x) => x.address);
+    const ttl = Math.min(MAX_TTL_S, ...answers.map((x) => x.ttl));
+    if (answers.length && ttl > 0) {
+      this.cache.delete(name);
+      if (this.cache.size >= MAX_CACHED) this.cache.delete(this.cache.keys().next().value!);
+      this.cache.set(name, { addresses, expires: Date.now() + ttl * 1000 });
+    }
+    return addresses;
   }
 
   private async system(name: string): Promise<string[]> {

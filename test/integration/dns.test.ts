@@ -104,6 +104,17 @@ describe('DNS through dns.servers', () => {
     expect(gw.audit()[0]).toMatchObject({ event: 'egress.allowed', dest_ip: '127.0.0.1' });
   });
 
+  it('caches answers for their TTL and shares one query among concurrent lookups', async () => {
+    const { gw, echo, dns } = await setup({ 'g.whatsapp.net': { A: ['127.0.0.1'], ttl: 60 } }, { rules: [{ name: 'r', hosts: ['g.whatsapp.net'] }] });
+    const tunnels = await Promise.all([1, 2, 3].map(() => connectVia(gw.port, `g.whatsapp.net:${echo.port}`)));
+    const later = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
+    for (const t of [...tunnels, later]) {
+      expect(t.status).toBe(200);
+      t.client.destroy();
+    }
+    expect(dns.queries.filter((q) => q.type === 'A')).toHaveLength(1);
+  });
+
   it('resolves once per connection, so a rebinding answer cannot slip past the check', async () => {
     // First answer allowed (127.0.0.1), every later one denied (127.0.0.2), TTL 0.
     const { gw, echo, dns } = await setup(
