@@ -70,6 +70,9 @@ async function serve(args: string[]): Promise<void> {
   }
   log.info({ config: file, summary: summarize(config) }, 'configuration loaded');
   const gw = await Gateway.start(config, log);
+  if (gw.fdLimit) {
+    log.info({ fd_soft: gw.fdLimit.soft, fd_hard: gw.fdLimit.hard, max_client_connections: gw.fdLimit.clientBudget }, 'open-file limit');
+  }
 
   let stopping = false;
   const stop = (signal: string) => {

@@ -19,6 +19,7 @@ export const REASONS = {
   connect_timeout: 504,
   // The gateway's own state.
   audit_unavailable: 503,
+  over_capacity: 503,
 } as const;
 
 export type Reason = keyof typeof REASONS;

@@ -9,6 +9,7 @@ import { createForwardServer } from './inbound/forward.js';
 import { createHttpProxy } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
 import type { Logger } from './log.js';
+import { fdLimit as readFdLimit } from './limits.js';
 import { SelfAddresses } from './net/self.js';
 import type { Tunnel } from './tunnel.js';
 
@@ -24,6 +25,9 @@ export class Gateway {
   private readonly servers = new Map<string, net.Server>();
   /** Every accepted client socket, so shutdown can close them all. */
   private readonly sockets = new Set<net.Socket>();
+  /** Each listener's own count of client sockets, for the shared budget. */
+  private readonly perServer = new Map<net.Server, number>();
+  readonly fdLimit = readFdLimit();
   private ctx: EgressContext;
   private readonly boot = randomBytes(3).toString('hex');
   private seq = 0;
@@ -80,10 +84,7 @@ export class Gateway {
   private listen(name: string, server: net.Server, { host, port }: ListenAddress): Promise<void> {
     return new Promise((resolve, reject) => {
       server.once('error', reject);
-      server.on('connection', (s: net.Socket) => {
-        this.sockets.add(s);
-        s.once('close', () => this.sockets.delete(s));
-      });
+      this.limitConnections(name, server);
       server.listen({ host, port, ipv6Only: host === '::' ? false : undefined }, () => {
         server.removeListener('error', reject);
         server.on('error', (err) => this.log?.error({ err, listener: name }, 'listener error'));
@@ -94,6 +95,37 @@ export class Gateway {
         resolve();
       });
     });
+  }
+
+  /**
+   * Keep the client connections of all listeners within the descriptor
+   * budget: past it, Node's `maxConnections` closes a new connection before
+   * any handler sees it, and the refusal is audited (`over_capacity`)
+   * instead of the process failing on EMFILE.
+   */
+  private limitConnections(name: string, server: net.Server): void {
+    const count = (delta: number) => {
+      this.perServer.set(server, (this.perServer.get(server) ?? 0) + delta);
+      const budget = this.fdLimit?.clientBudget;
+      if (budget === undefined) return;
+      for (const [s, own] of this.perServer) s.maxConnections = Math.max(1, budget - (this.sockets.size - own));
+    };
+    server.on('connection', (s: net.Socket) => {
+      this.sockets.add(s);
+      count(+1);
+      s.once('close', () => {
+        this.sockets.delete(s);
+        count(-1);
+      });
+    });
+    server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => {
+      const proto = name === 'proxy' ? 'http' : name === 'socks' ? 'socks' : 'tcp';
+      this.audit.denied(
+        { id: this.nextId(), client: formatClient(d?.remoteAddress, d?.remotePort), listener: name, proto },
+        { reason: 'over_capacity', enforced: true, error: `${this.sockets.size} client connections: the descriptor budget is used up` },
+      );
+    });
+    count(0);
   }
 
   /** Bound address of a listener (tests use port 0). */
