@@ -17,7 +17,7 @@ import { parseArgs } from 'node:util';
 const root = join(dirname(fileURLToPath(import.meta.url)), '..');
 const dist = (p) => new URL(`../dist/${p}`, import.meta.url).href;
 const { parseConfig } = await import(dist('config/load.js'));
-const { decide } = await import(dist('decide.js'));
+const { decide, decisionContext } = await import(dist('decide.js'));
 const { Policy } = await import(dist('policy/policy.js'));
 const { Resolver } = await import(dist('net/resolve.js'));
 const { SelfAddresses } = await import(dist('net/self.js'));
@@ -59,15 +59,12 @@ const self = new SelfAddresses();
 const listen = config.listen.proxy; // 0.0.0.0:3128 in the default config
 if (listen) self.add(listen.host, listen.port);
 const ctx = {
-  policy: new Policy(config.policy.rules),
-  mode: config.policy.mode,
-  allowRanges: config.policy.allow_ranges,
+  ...decisionContext(config, self),
   resolver: new Resolver({
     hosts: new Map(names.map((n) => [n, [ANSWER]])),
     servers: config.dns.servers,
     timeoutMs: config.timeouts.dns,
   }),
-  self,
 };
 const targets = names.map((host) => ({ host, port: PORT }));
 

@@ -24,6 +24,9 @@ export interface CompiledPattern {
   /** Canonical name for `exact`. */
   name?: string;
   regex?: RegExp;
+  /** Vendor notation: the literal text a matching name must start and end with. */
+  prefix?: string;
+  suffix?: string;
   glob?: (slashed: string) => boolean;
 }
 
@@ -60,7 +63,13 @@ export function compilePattern(pattern: string): CompiledPattern {
       }
       if (!/^[a-z0-9_.-]*$/.test(part)) throw new Error(`"${pattern}" has a character that is not valid in a hostname`);
     }
-    return { source: pattern, kind: 'vendor', regex: new RegExp(`^${parts.map(escapeRegex).join(HOST_CHARS)}$`) };
+    return {
+      source: pattern,
+      kind: 'vendor',
+      regex: new RegExp(`^${parts.map(escapeRegex).join(HOST_CHARS)}$`),
+      prefix: parts[0],
+      suffix: parts.at(-1),
+    };
   }
   if (/[*?[\]{}]/.test(p)) {
     const labels = p.split('.');
@@ -85,24 +94,26 @@ export function compilePattern(pattern: string): CompiledPattern {
 /** One rule's `hosts`, compiled: a set lookup for names, then the patterns. */
 export class HostMatcher {
   private readonly exact = new Set<string>();
-  private readonly regex: RegExp | null;
+  // Vendor patterns are tried only on names with their literal ends: most
+  // names fail a string comparison instead of a regex.
+  private readonly vendor: { prefix: string; suffix: string; regex: RegExp }[] = [];
   private readonly globs: ((s: string) => boolean)[] = [];
   readonly size: number;
 
   constructor(patterns: CompiledPattern[]) {
-    const regexes: string[] = [];
     for (const p of patterns) {
       if (p.kind === 'exact') this.exact.add(p.name!);
-      else if (p.kind === 'vendor') regexes.push(p.regex!.source);
+      else if (p.kind === 'vendor') this.vendor.push({ prefix: p.prefix!, suffix: p.suffix!, regex: p.regex! });
       else this.globs.push(p.glob!);
     }
-    this.regex = regexes.length ? new RegExp(regexes.map((r) => `(?:${r})`).join('|')) : null;
     this.size = patterns.length;
   }
 
   matches(name: string): boolean {
     if (this.exact.has(name)) return true;
-    if (this.regex?.test(name)) return true;
+    for (const v of this.vendor) {
+      if (name.endsWith(v.suffix) && name.startsWith(v.prefix) && v.regex.test(name)) return true;
+    }
     if (this.globs.length) {
       const slashed = name.replaceAll('.', '/');
       for (const g of this.globs) if (g(slashed)) return true;
