@@ -5,9 +5,11 @@ import type { CloseReason, Closed } from './audit.js';
  * A byte tunnel between the client and the upstream socket.
  * - Back-pressure: a side that cannot take more pauses the other's reads.
  * - Half-close: a FIN from one side ends writing towards the other; the
- *   tunnel closes when both directions are done, or at once on an error
- *   (then both sockets are destroyed).
+ *   tunnel closes when both directions are done, or at once on an error or
+ *   when a socket is closed under it (then both sockets are destroyed).
  * - No timer unless `idleMs` > 0; keepalive and no-delay on both legs.
+ * Listeners are shared module functions that find their tunnel through the
+ * socket: an idle tunnel holds no closures (gateways keep tens of thousands).
  */
 
 export interface TunnelOptions {
@@ -16,6 +18,9 @@ export interface TunnelOptions {
   /** Bytes the client sent after its request head, forwarded first. */
   head?: Buffer;
 }
+
+const kTunnel = Symbol('tunnel');
+type Leg = Socket & { [kTunnel]: Tunnel };
 
 export class Tunnel {
   bytesUp = 0;
@@ -36,40 +41,20 @@ export class Tunnel {
       s.allowHalfOpen = true;
       s.setNoDelay(true);
       s.setKeepAlive(opts.keepAliveMs > 0, opts.keepAliveMs);
+      (s as Leg)[kTunnel] = this;
     }
     // Replaces any timeout left on the socket by Node's HTTP server; the
     // socket's timer is refreshed by traffic in both directions.
     client.setTimeout(opts.idleMs);
     upstream.setTimeout(0);
-    if (opts.idleMs > 0) client.on('timeout', () => this.destroy('idle_timeout'));
+    if (opts.idleMs > 0) client.on('timeout', onIdle);
 
     if (opts.head?.length) {
       this.bytesUp += opts.head.length;
       upstream.write(opts.head);
     }
-    client.on('data', (chunk: Buffer) => {
-      this.bytesUp += chunk.length;
-      if (!upstream.write(chunk)) client.pause();
-    });
-    upstream.on('data', (chunk: Buffer) => {
-      this.bytesDown += chunk.length;
-      if (!client.write(chunk)) upstream.pause();
-    });
-    upstream.on('drain', () => client.resume());
-    client.on('drain', () => upstream.resume());
-    const clientEnded = () => {
-      this.reason ??= 'client_closed';
-      upstream.end();
-    };
-    client.on('end', clientEnded);
-    upstream.on('end', () => {
-      this.reason ??= 'upstream_closed';
-      client.end();
-    });
-    client.on('error', () => this.destroy('client_error'));
-    upstream.on('error', () => this.destroy('upstream_error'));
-    client.on('close', () => this.closed(client, 'client_closed'));
-    upstream.on('close', () => this.closed(upstream, 'upstream_closed'));
+    client.on('data', onClientData).on('drain', onClientDrain).on('end', onClientEnd).on('error', onClientError).on('close', onClientClose);
+    upstream.on('data', onUpstreamData).on('drain', onUpstreamDrain).on('end', onUpstreamEnd).on('error', onUpstreamError).on('close', onUpstreamClose);
     // A client that left while the upstream was being dialled.
     if (client.destroyed) {
       this.destroy('client_closed');
@@ -78,7 +63,7 @@ export class Tunnel {
       if (client.closed) queueMicrotask(() => this.closed(client, 'client_closed'));
     } else if (client.readableEnded) {
       // Its FIN came, and was read, while the upstream was being dialled.
-      clientEnded();
+      this.ended('client_closed', upstream);
     } else {
       client.resume();
     }
@@ -91,7 +76,13 @@ export class Tunnel {
     this.upstream.destroy();
   }
 
-  private closed(socket: Socket, reason: CloseReason): void {
+  /** One side sent FIN: end writing towards the other. */
+  ended(reason: CloseReason, other: Socket): void {
+    this.reason ??= reason;
+    other.end();
+  }
+
+  closed(socket: Socket, reason: CloseReason): void {
     // A socket closed under us (destroyed, not ended both ways) takes the
     // other side with it; otherwise the other side is finishing on its own.
     if (!(socket.readableEnded && socket.writableFinished)) this.destroy(reason);
@@ -104,4 +95,44 @@ export class Tunnel {
       close_reason: this.reason ?? 'client_closed',
     });
   }
+}
+
+function onClientData(this: Leg, chunk: Buffer): void {
+  const t = this[kTunnel];
+  t.bytesUp += chunk.length;
+  if (!t.upstream.write(chunk)) this.pause();
+}
+function onUpstreamData(this: Leg, chunk: Buffer): void {
+  const t = this[kTunnel];
+  t.bytesDown += chunk.length;
+  if (!t.client.write(chunk)) this.pause();
+}
+function onClientDrain(this: Leg): void {
+  this[kTunnel].upstream.resume();
+}
+function onUpstreamDrain(this: Leg): void {
+  this[kTunnel].client.resume();
+}
+function onClientEnd(this: Leg): void {
+  const t = this[kTunnel];
+  t.ended('client_closed', t.upstream);
+}
+function onUpstreamEnd(this: Leg): void {
+  const t = this[kTunnel];
+  t.ended('upstream_closed', t.client);
+}
+function onClientError(this: Leg): void {
+  this[kTunnel].destroy('client_error');
+}
+function onUpstreamError(this: Leg): void {
+  this[kTunnel].destroy('upstream_error');
+}
+function onClientClose(this: Leg): void {
+  this[kTunnel].closed(this, 'client_closed');
+}
+function onUpstreamClose(this: Leg): void {
+  this[kTunnel].closed(this, 'upstream_closed');
+}
+function onIdle(this: Leg): void {
+  this[kTunnel].destroy('idle_timeout');
 }
