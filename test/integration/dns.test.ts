@@ -89,6 +89,7 @@ describe('DNS through dns.servers', () => {
   });
 
   it('checks every address: a name that resolves only to denied addresses is special_range', async () => {
+    // Answers in special ranges only (denied, never dialled).
     const { gw, echo } = await setup({ 'g.whatsapp.net': { A: ['127.0.0.2', '10.1.2.3'], AAAA: ['::1'] } }, { rules: [{ name: 'r', hosts: ['g.whatsapp.net'] }] });
     const { status, headers } = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
     expect(status).toBe(403);
