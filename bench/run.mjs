@@ -8,6 +8,7 @@
 //
 // Options: --peers a,b,...  --out DIR  --duration SECONDS (per measurement)  --rounds N  --tunnels 2000,5000,9000
 //          --clients N  --sinks N  --no-install  --profile (wa-egress under --cpu-prof)  --keep (temp dir)
+//          --phases memory,throughput,handshakes,latency,dns (a subset, while working on one figure)
 //
 // Needs `npm run build` first (wa-egress runs as `node dist/cli.js serve`).
 // Only loopback is used: every listener binds 127.0.0.1.
@@ -38,6 +39,7 @@ const { values: opt } = parseArgs({
     'no-install': { type: 'boolean', default: false },
     profile: { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
+    phases: { type: 'string' },
   },
 });
 
@@ -87,6 +89,13 @@ if (unknown.length) {
 }
 if (!peerNames.includes('direct')) peerNames.unshift('direct'); // every ratio needs the limit
 const install = !SMOKE && !opt['no-install'];
+const PHASES = ['memory', 'throughput', 'handshakes', 'latency', 'dns'];
+const phases = new Set(opt.phases ? opt.phases.split(',') : PHASES);
+const unknownPhases = [...phases].filter((p) => !PHASES.includes(p));
+if (unknownPhases.length) {
+  process.stderr.write(`bench: unknown phase(s) ${unknownPhases.join(', ')}; known: ${PHASES.join(', ')}\n`);
+  process.exit(2);
+}
 
 const outDir = opt.out ?? (SMOKE ? mkdtempSync(join(os.tmpdir(), 'wa-egress-bench-smoke-')) : here);
 mkdirSync(outDir, { recursive: true });
@@ -423,10 +432,10 @@ async function peerRound(run, round) {
   const warm = round > 0;
   const meter = foreignMeter();
   const add = (list, r) => r && list.push(r);
-  add(raw.throughput, await guarded(run, 'throughput', () => phaseThroughput(penv, proxy, proc.pid)));
-  add(raw.handshakes, await guarded(run, 'handshakes', () => phaseHandshakes(penv, proxy, proc.pid, warm)));
-  add(raw.latency, await guarded(run, 'latency', () => phaseLatency(penv, proxy, proc.pid, warm)));
-  if (run.dnsHow) add(raw.dns, await guarded(run, 'dns', () => phaseDns(penv, proxy, peer.name, warm)));
+  if (phases.has('throughput')) add(raw.throughput, await guarded(run, 'throughput', () => phaseThroughput(penv, proxy, proc.pid)));
+  if (phases.has('handshakes')) add(raw.handshakes, await guarded(run, 'handshakes', () => phaseHandshakes(penv, proxy, proc.pid, warm)));
+  if (phases.has('latency')) add(raw.latency, await guarded(run, 'latency', () => phaseLatency(penv, proxy, proc.pid, warm)));
+  if (run.dnsHow && phases.has('dns')) add(raw.dns, await guarded(run, 'dns', () => phaseDns(penv, proxy, peer.name, warm)));
   const m = meter();
   run.foreign += m.foreign;
   run.wall += m.wall;
@@ -573,7 +582,7 @@ async function main() {
     }
   }
   for (const run of runs) {
-    if (!run.proc.pid) continue;
+    if (!run.proc.pid || !phases.has('memory')) continue;
     log(`${run.peer.name}: idle tunnels`);
     const m = await guarded(run, 'memory', () => phaseMemory(run.penv, run.proxy, run.proc.pid));
     if (m) run.res.memory = m;

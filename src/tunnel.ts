@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import type { CloseReason, Closed } from './audit.js';
+import { useOnRead } from './net/onread.js';
 
 /**
  * A byte tunnel between the client and the upstream socket.
@@ -10,6 +11,16 @@ import type { CloseReason, Closed } from './audit.js';
  * - No timer unless `idleMs` > 0; keepalive and no-delay on both legs.
  * Listeners are shared module functions that find their tunnel through the
  * socket: an idle tunnel holds no closures (gateways keep tens of thousands).
+ *
+ * Reads (see net/onread.ts) allocate nothing per chunk:
+ * - An idle leg reads into one buffer shared by every leg, and what it read
+ *   is copied out at once (chat-sized messages are small), so an idle
+ *   tunnel owns no buffer.
+ * - A leg that reads a large chunk is streaming: it takes a buffer of its
+ *   own and its large chunks are written straight from it. While such a
+ *   write waits in the socket the buffer is the write's, so the leg reads no
+ *   more until 'drain' (which a chunk of a high-water mark or more always
+ *   brings). A small read gives the buffer back to the pool.
  */
 
 export interface TunnelOptions {
@@ -25,6 +36,9 @@ type Leg = Socket & { [kTunnel]: Tunnel };
 export class Tunnel {
   bytesUp = 0;
   bytesDown = 0;
+  /** The legs' own read buffers, while they stream. */
+  clientBuf: Buffer | undefined;
+  upstreamBuf: Buffer | undefined;
   private reason: CloseReason | undefined;
   private open = 2;
   private readonly started = Date.now();
@@ -42,6 +56,10 @@ export class Tunnel {
       s.setNoDelay(true);
       s.setKeepAlive(opts.keepAliveMs > 0, opts.keepAliveMs);
       (s as Leg)[kTunnel] = this;
+      s.on('end', s === client ? onClientEnd : onUpstreamEnd)
+        .on('error', s === client ? onClientError : onUpstreamError)
+        .on('close', s === client ? onClientClose : onUpstreamClose)
+        .on('drain', onDrain);
     }
     // Replaces any timeout left on the socket by Node's HTTP server; the
     // socket's timer is refreshed by traffic in both directions.
@@ -53,20 +71,29 @@ export class Tunnel {
       this.bytesUp += opts.head.length;
       upstream.write(opts.head);
     }
-    client.on('data', onClientData).on('drain', onClientDrain).on('end', onClientEnd).on('error', onClientError).on('close', onClientClose);
-    upstream.on('data', onUpstreamData).on('drain', onUpstreamDrain).on('end', onUpstreamEnd).on('error', onUpstreamError).on('close', onUpstreamClose);
     // A client that left while the upstream was being dialled.
     if (client.destroyed) {
       this.destroy('client_closed');
       // Its 'close' may have been emitted already; count it, but after the
       // caller has registered this tunnel.
       if (client.closed) queueMicrotask(() => this.closed(client, 'client_closed'));
-    } else if (client.readableEnded) {
+      return;
+    }
+    for (const s of [client, upstream]) {
+      // Bytes read before the tunnel existed (the client's after its
+      // request, an upstream that spoke first) go first.
+      for (let chunk: Buffer | null; s.readableLength > 0 && (chunk = s.read() as Buffer | null) !== null; ) {
+        this.relay(s, chunk);
+      }
+      if (!useOnRead(s, shared, onRead, nextBuffer)) s.on('data', onData);
+    }
+    if (client.readableEnded) {
       // Its FIN came, and was read, while the upstream was being dialled.
       this.ended('client_closed', upstream);
     } else {
       client.resume();
     }
+    upstream.resume();
   }
 
   /** Cut the tunnel now (error, idle, shutdown); the first reason given is kept. */
@@ -82,11 +109,25 @@ export class Tunnel {
     other.end();
   }
 
+  /** Forward a chunk that is the caller's to give away; false: pause the reader. */
+  relay(from: Socket, chunk: Buffer): boolean {
+    if (from === this.client) {
+      this.bytesUp += chunk.length;
+      return this.upstream.write(chunk);
+    }
+    this.bytesDown += chunk.length;
+    return this.client.write(chunk);
+  }
+
   closed(socket: Socket, reason: CloseReason): void {
     // A socket closed under us (destroyed, not ended both ways) takes the
     // other side with it; otherwise the other side is finishing on its own.
     if (!(socket.readableEnded && socket.writableFinished)) this.destroy(reason);
     if (--this.open > 0) return;
+    // Both sockets are closed: no write holds a leg's buffer any more.
+    giveBack(this.clientBuf);
+    giveBack(this.upstreamBuf);
+    this.clientBuf = this.upstreamBuf = undefined;
     this.onClose({
       dest_ip: this.destIp,
       bytes_up: this.bytesUp,
@@ -97,21 +138,83 @@ export class Tunnel {
   }
 }
 
-function onClientData(this: Leg, chunk: Buffer): void {
+// ---------------------------------------------------------------- buffers
+
+/** Read size: large reads mean few system calls per byte tunnelled. */
+const BUFFER_BYTES = 262144;
+/** Streaming legs beyond this many share the copying path (64 MiB of buffers). */
+const MAX_OWN_BUFFERS = 256;
+/** Buffers kept for reuse when legs go quiet. */
+const POOL_KEEP = 16;
+
+const shared: Buffer = Buffer.allocUnsafeSlow(BUFFER_BYTES);
+const pool: Buffer[] = [];
+let owned = 0;
+/** The buffer for the socket's next read, chosen by `onRead` just before Node asks `nextBuffer`. */
+let next: Buffer = shared;
+
+function nextBuffer(): Buffer {
+  const b = next;
+  next = shared;
+  return b;
+}
+
+function takeBuffer(): Buffer | undefined {
+  const b = pool.pop();
+  if (b) return b;
+  if (owned >= MAX_OWN_BUFFERS) return undefined;
+  owned++;
+  return Buffer.allocUnsafeSlow(BUFFER_BYTES);
+}
+
+function giveBack(b: Buffer | undefined): void {
+  if (!b) return;
+  if (pool.length < POOL_KEEP) pool.push(b);
+  else owned--;
+}
+
+function onRead(this: Socket, n: number, buf: Buffer): boolean {
+  const t = (this as Leg)[kTunnel];
+  const up = this === t.client;
+  const to = up ? t.upstream : t.client;
+  if (buf !== shared && n >= to.writableHighWaterMark) {
+    // Streaming: no copy. `next` keeps this leg on its own buffer.
+    if (up) t.bytesUp += n;
+    else t.bytesDown += n;
+    to.write(buf.subarray(0, n));
+    next = buf;
+    // Still queued: the buffer is the write's until 'drain'.
+    return to.writableLength === 0;
+  }
+  const copy = Buffer.allocUnsafe(n);
+  buf.copy(copy, 0, 0, n);
+  const more = t.relay(this, copy);
+  if (buf !== shared) {
+    // Gone quiet: only copies are queued, so the buffer is free.
+    giveBack(buf);
+    if (up) t.clientBuf = undefined;
+    else t.upstreamBuf = undefined;
+  } else if (n >= to.writableHighWaterMark) {
+    const own = takeBuffer();
+    if (own) {
+      next = own;
+      if (up) t.clientBuf = own;
+      else t.upstreamBuf = own;
+    }
+  }
+  return more;
+}
+
+// ---------------------------------------------------------------- events
+
+/** Where reads cannot be given a buffer: one fresh chunk per read. */
+function onData(this: Leg, chunk: Buffer): void {
+  if (!this[kTunnel].relay(this, chunk)) this.pause();
+}
+/** The socket took what was queued: the other leg may read again. */
+function onDrain(this: Leg): void {
   const t = this[kTunnel];
-  t.bytesUp += chunk.length;
-  if (!t.upstream.write(chunk)) this.pause();
-}
-function onUpstreamData(this: Leg, chunk: Buffer): void {
-  const t = this[kTunnel];
-  t.bytesDown += chunk.length;
-  if (!t.client.write(chunk)) this.pause();
-}
-function onClientDrain(this: Leg): void {
-  this[kTunnel].upstream.resume();
-}
-function onUpstreamDrain(this: Leg): void {
-  this[kTunnel].client.resume();
+  (this === t.client ? t.upstream : t.client).resume();
 }
 function onClientEnd(this: Leg): void {
   const t = this[kTunnel];
