@@ -256,8 +256,8 @@ function nodePeer(name, script, pkg) {
   return {
     name,
     kind: 'node',
-    available: () => (pkgVersion(pkg) === 'not installed' ? { ok: false, reason: `${pkg} is not installed (npm ci)` } : { ok: true }),
-    version: () => `${pkg}@${pkgVersion(pkg)}`,
+    available: () => (pkg && pkgVersion(pkg) === 'not installed' ? { ok: false, reason: `${pkg} is not installed (npm ci)` } : { ok: true }),
+    version: () => (pkg ? `${pkg}@${pkgVersion(pkg)}` : `Node.js ${process.version}, bench/peers/${script}`),
     async start(env) {
       const dir = peerDir(env, name);
       const port = await freePort();
@@ -269,7 +269,9 @@ function nodePeer(name, script, pkg) {
 
 export const proxyChain = nodePeer('proxy-chain', 'proxy-chain.mjs', 'proxy-chain');
 export const proxyPkg = nodePeer('proxy', 'proxy.mjs', 'proxy');
+export const floorNet = nodePeer('floor-net', 'floor-net.mjs', null);
+export const floorHttp = nodePeer('floor-http', 'floor-http.mjs', null);
 
-export const ALL_PEERS = [direct, waEgress, squid, tinyproxy, proxyChain, proxyPkg];
+export const ALL_PEERS = [direct, waEgress, squid, tinyproxy, proxyChain, proxyPkg, floorNet, floorHttp];
 
 export { pkgVersion };

@@ -25,9 +25,15 @@ export interface EgressContext extends DecisionContext {
   inflight: number;
 }
 
-export type EgressResult =
-  | { ok: true; upstream: Socket; rule?: string }
-  | { ok: false; reason: Reason; message?: string };
+export interface EgressOpen {
+  ok: true;
+  upstream: Socket;
+  /** The checked address the upstream is connected to. */
+  destIp: string;
+  rule?: string;
+}
+
+export type EgressResult = EgressOpen | { ok: false; reason: Reason; message?: string };
 
 export async function openEgress(ctx: EgressContext, attempt: Attempt, target: Target): Promise<EgressResult> {
   ctx.inflight++;
@@ -57,9 +63,9 @@ async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promi
     return { ok: false, reason: d.reason };
   }
   try {
-    const upstream = await dial(d.addresses, target.port, { timeoutMs: ctx.connectTimeoutMs, keepAliveMs: ctx.keepAliveMs });
-    ctx.audit.allowed(attempt, { rule: d.rule, dest_ip: upstream.remoteAddress });
-    return { ok: true, upstream, rule: d.rule };
+    const { socket, address } = await dial(d.addresses, target.port, { timeoutMs: ctx.connectTimeoutMs, keepAliveMs: ctx.keepAliveMs });
+    ctx.audit.allowed(attempt, { rule: d.rule, dest_ip: address });
+    return { ok: true, upstream: socket, destIp: address, rule: d.rule };
   } catch (err) {
     if (!(err instanceof EgressError)) throw err;
     ctx.audit.failed(attempt, { reason: err.reason, rule: d.rule, dest_ip: d.addresses.at(-1), error: err.message });
@@ -67,13 +73,16 @@ async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promi
   }
 }
 
-/** Join client and upstream; the close is audited and the tunnel tracked until then. */
-export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, upstream: Socket, head?: Buffer): Tunnel {
-  const tunnel = new Tunnel(client, upstream, { idleMs: ctx.idleTimeoutMs, keepAliveMs: ctx.keepAliveMs, head }, (closed) => {
-    ctx.tunnels.delete(tunnel);
-    ctx.audit.closed(attempt, closed);
-  });
+/** Join client and upstream; the tunnel is tracked in `ctx.tunnels` and audits its own close. */
+export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, open: EgressOpen, head?: Buffer): Tunnel {
+  const opts = { idleMs: ctx.idleTimeoutMs, keepAliveMs: ctx.keepAliveMs, destIp: open.destIp, head };
+  const tunnel = new Tunnel(client, open.upstream, opts, ctx, attempt);
   ctx.tunnels.add(tunnel);
   if (ctx.stopped) tunnel.destroy('shutdown');
   return tunnel;
+}
+
+/** An 'error' listener for a socket that is simply dropped on error (shared: no closure per socket). */
+export function destroySocket(this: Socket): void {
+  this.destroy();
 }

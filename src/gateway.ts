@@ -110,13 +110,16 @@ export class Gateway {
       if (budget === undefined) return;
       for (const [s, own] of this.perServer) s.maxConnections = Math.max(1, budget - (this.sockets.size - own));
     };
+    const sockets = this.sockets;
+    // One function for every socket of this listener: idle tunnels keep no closure.
+    function onClose(this: net.Socket) {
+      sockets.delete(this);
+      count(-1);
+    }
     server.on('connection', (s: net.Socket) => {
-      this.sockets.add(s);
+      sockets.add(s);
       count(+1);
-      s.once('close', () => {
-        this.sockets.delete(s);
-        count(-1);
-      });
+      s.on('close', onClose);
     });
     server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => {
       const proto = name === 'proxy' ? 'http' : name === 'socks' ? 'socks' : 'tcp';

@@ -1,5 +1,5 @@
 import type { Socket } from 'node:net';
-import type { CloseReason, Closed } from './audit.js';
+import type { Attempt, Audit, CloseReason } from './audit.js';
 import { useOnRead } from './net/onread.js';
 
 /**
@@ -26,8 +26,16 @@ import { useOnRead } from './net/onread.js';
 export interface TunnelOptions {
   idleMs: number;
   keepAliveMs: number;
+  /** The upstream's address, for the close record. */
+  destIp: string;
   /** Bytes the client sent after its request head, forwarded first. */
   head?: Buffer;
+}
+
+/** Where a tunnel is tracked while open, and where its close record goes. */
+export interface TunnelOwner {
+  tunnels: Set<Tunnel>;
+  audit: Pick<Audit, 'closed'>;
 }
 
 const kTunnel = Symbol('tunnel');
@@ -42,15 +50,16 @@ export class Tunnel {
   private reason: CloseReason | undefined;
   private open = 2;
   private readonly started = Date.now();
-  private readonly destIp: string | undefined;
+  private readonly destIp: string;
 
   constructor(
     readonly client: Socket,
     readonly upstream: Socket,
     opts: TunnelOptions,
-    private readonly onClose: (closed: Closed) => void,
+    private readonly owner: TunnelOwner,
+    readonly attempt: Attempt,
   ) {
-    this.destIp = upstream.remoteAddress;
+    this.destIp = opts.destIp;
     for (const s of [client, upstream]) {
       s.allowHalfOpen = true;
       s.setNoDelay(true);
@@ -128,7 +137,8 @@ export class Tunnel {
     giveBack(this.clientBuf);
     giveBack(this.upstreamBuf);
     this.clientBuf = this.upstreamBuf = undefined;
-    this.onClose({
+    this.owner.tunnels.delete(this);
+    this.owner.audit.closed(this.attempt, {
       dest_ip: this.destIp,
       bytes_up: this.bytesUp,
       bytes_down: this.bytesDown,

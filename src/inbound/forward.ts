@@ -1,6 +1,6 @@
 import net, { type Socket } from 'node:net';
 import { formatClient, type Attempt } from '../audit.js';
-import { openEgress, startTunnel, type EgressContext } from '../egress.js';
+import { destroySocket, openEgress, startTunnel, type EgressContext } from '../egress.js';
 import type { Target } from '../policy/hostport.js';
 
 /**
@@ -19,7 +19,7 @@ export function createForwardServer(ctx: () => EgressContext, opts: ForwardListe
   // Paused until the upstream is open, so early bytes wait in the socket.
   const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: true, noDelay: true });
   server.on('connection', (socket: Socket) => {
-    socket.on('error', () => socket.destroy());
+    socket.on('error', destroySocket);
     const attempt: Attempt = {
       id: opts.nextId(),
       client: formatClient(socket.remoteAddress, socket.remotePort),
@@ -32,7 +32,7 @@ export function createForwardServer(ctx: () => EgressContext, opts: ForwardListe
     openEgress(c, attempt, opts.to).then(
       (result) => {
         if (!result.ok) socket.destroy();
-        else startTunnel(c, attempt, socket, result.upstream);
+        else startTunnel(c, attempt, socket, result);
       },
       (err: Error) => socket.destroy(err),
     );

@@ -1,7 +1,7 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { Socket } from 'node:net';
 import { formatClient, type Attempt } from '../audit.js';
-import { openEgress, startTunnel, type EgressContext } from '../egress.js';
+import { destroySocket, openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError, httpStatus, type Reason } from '../errors.js';
 import { parseAbsoluteUrl, parseHostPort, type Target } from '../policy/hostport.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
@@ -70,8 +70,10 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   };
 
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
-    // Node's HTTP server has let go of the socket: errors are ours now.
-    socket.on('error', () => socket.destroy());
+    // Node's HTTP server has let go of the socket: errors are ours now. (A
+    // shared function: a closure here would keep the request alive as long
+    // as the tunnel.)
+    socket.on('error', destroySocket);
     const attempt = attemptFor(socket, 'connect');
     const run = () =>
       handleConnect(ctx(), attempt, req, socket, head).catch((err) => {
@@ -158,11 +160,13 @@ async function handleConnect(ctx: EgressContext, attempt: Attempt, req: Incoming
   }
   if (socket.destroyed) {
     // The client left while we were dialling; the tunnel records the close.
-    startTunnel(ctx, attempt, socket, result.upstream);
+    startTunnel(ctx, attempt, socket, result);
     return;
   }
+  // The socket has left HTTP for good: its request bookkeeping goes.
+  conns.delete(socket);
   socket.write('HTTP/1.1 200 Connection established\r\n\r\n');
-  startTunnel(ctx, attempt, socket, result.upstream, head);
+  startTunnel(ctx, attempt, socket, result, head);
 }
 
 function refuse(ctx: EgressContext, attempt: Attempt, socket: Socket, err: unknown): void {
@@ -214,7 +218,7 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
   }
 
   const upstream = result.upstream;
-  const destIp = upstream.remoteAddress;
+  const destIp = result.destIp;
   const started = Date.now();
   let bytesUp = 0;
   let bytesDown = 0;

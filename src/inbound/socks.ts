@@ -83,6 +83,14 @@ class Handshake {
   private readonly attempt: Attempt;
   private readonly timer: NodeJS.Timeout;
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
+  private readonly onError = () => this.stop();
+  private readonly onClose = () => clearTimeout(this.timer);
+  private readonly onEnd = () => {
+    // A connection that closes without a byte (a health check, a port
+    // scan) asked for nothing: no record, as on the HTTP listener.
+    if (this.socket.bytesRead === 0) return void this.socket.destroy();
+    if (this.state !== 'dialling') this.refuse('bad_request', `client ended the ${this.state} early`);
+  };
 
   constructor(
     private readonly ctx: EgressContext,
@@ -96,15 +104,7 @@ class Handshake {
       proto: 'socks',
     };
     this.timer = setTimeout(() => this.refuse('handshake_timeout', 'handshake not completed in time'), opts.handshakeTimeoutMs);
-    socket.on('data', this.onData);
-    socket.on('error', () => this.stop());
-    socket.on('close', () => clearTimeout(this.timer));
-    socket.on('end', () => {
-      // A connection that closes without a byte (a health check, a port
-      // scan) asked for nothing: no record, as on the HTTP listener.
-      if (socket.bytesRead === 0) return void socket.destroy();
-      if (this.state !== 'dialling') this.refuse('bad_request', `client ended the ${this.state} early`);
-    });
+    socket.on('data', this.onData).on('error', this.onError).on('close', this.onClose).on('end', this.onEnd);
   }
 
   private receive(chunk: Buffer): void {
@@ -227,7 +227,9 @@ class Handshake {
     }
     const up = result.upstream;
     this.socket.write(success(up.localAddress, up.localPort));
-    startTunnel(this.ctx, this.attempt, this.socket, up, head);
+    // The tunnel takes the socket over; the handshake is not kept alive by it.
+    this.socket.removeListener('error', this.onError).removeListener('close', this.onClose).removeListener('end', this.onEnd);
+    startTunnel(this.ctx, this.attempt, this.socket, result, head);
   }
 
   /** Audit a refused handshake, answer if there is an answer, and close. */

@@ -14,7 +14,13 @@ export interface DialOptions {
   keepAliveMs: number;
 }
 
-export async function dial(addresses: readonly string[], port: number, opts: DialOptions): Promise<Socket> {
+export interface Dialled {
+  socket: Socket;
+  /** The address that answered (known here: no getpeername). */
+  address: string;
+}
+
+export async function dial(addresses: readonly string[], port: number, opts: DialOptions): Promise<Dialled> {
   const deadline = Date.now() + opts.timeoutMs;
   let last: EgressError | undefined;
   for (let i = 0; i < addresses.length; i++) {
@@ -29,7 +35,7 @@ export async function dial(addresses: readonly string[], port: number, opts: Dia
   throw last ?? new EgressError('connect_timeout', `connect timeout after ${opts.timeoutMs} ms`);
 }
 
-function attempt(ip: string, port: number, timeoutMs: number, keepAliveMs: number): Promise<Socket> {
+function attempt(ip: string, port: number, timeoutMs: number, keepAliveMs: number): Promise<Dialled> {
   return new Promise((resolve, reject) => {
     const socket = connect({
       host: ip,
@@ -52,7 +58,7 @@ function attempt(ip: string, port: number, timeoutMs: number, keepAliveMs: numbe
     socket.once('connect', () => {
       clearTimeout(timer);
       socket.removeListener('error', onError);
-      resolve(socket);
+      resolve({ socket, address: ip });
     });
   });
 }
