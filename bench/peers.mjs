@@ -160,7 +160,7 @@ export const waEgress = {
     const file = join(dir, 'config.yaml');
     writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`); // JSON is YAML
     const nodeArgs = [];
-    if (env.profileDir) nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${env.profileDir}`);
+    if (env.profileDir) nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${env.profileDir}`, '--cpu-prof-name=wa-egress.cpuprofile');
     const p = await spawnProxy('wa-egress', process.execPath, [...nodeArgs, CLI, 'serve', '--config', file], { dir, port });
     return { ...p, targetHost: 'sink.bench', configFile: file, auditFile: config.audit.file };
   },
@@ -261,7 +261,8 @@ function nodePeer(name, script, pkg) {
     async start(env) {
       const dir = peerDir(env, name);
       const port = await freePort();
-      const p = await spawnProxy(name, process.execPath, [join(here, 'peers', script), String(port)], { dir, port });
+      const nodeArgs = env.profileDir ? ['--cpu-prof', `--cpu-prof-dir=${env.profileDir}`, `--cpu-prof-name=${name}.cpuprofile`] : [];
+      const p = await spawnProxy(name, process.execPath, [...nodeArgs, join(here, 'peers', script), String(port)], { dir, port });
       return { ...p, targetHost: '127.0.0.1' };
     },
   };

@@ -53,6 +53,18 @@ export interface AuditOptions {
   log?: Logger;
 }
 
+/** pino's isoTime, formatted once per millisecond: a connection's records often share one. */
+let lastMs = 0;
+let lastTime = '';
+function isoTime(): string {
+  const now = Date.now();
+  if (now !== lastMs) {
+    lastMs = now;
+    lastTime = `,"time":"${new Date(now).toISOString()}"`;
+  }
+  return lastTime;
+}
+
 export class Audit {
   private readonly out: AuditFile;
   private readonly log: Logger;
@@ -69,7 +81,7 @@ export class Audit {
       onRecover: () => log?.info('audit log writable again'),
       onDrop: () => log?.error({ dropped: ++this.dropped }, 'audit record dropped: too many records waiting'),
     });
-    this.log = pino({ base: null, timestamp: pino.stdTimeFunctions.isoTime, formatters: { level: (label) => ({ level: label }) } }, this.out);
+    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) } }, this.out);
   }
 
   /** False while the destination fails to take writes; records wait in memory. */

@@ -1,5 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Attempt, Audit, CloseReason } from './audit.js';
+import { keepAliveSoon } from './net/keepalive.js';
 import { useOnRead } from './net/onread.js';
 
 /**
@@ -60,10 +61,12 @@ export class Tunnel {
     readonly attempt: Attempt,
   ) {
     this.destIp = opts.destIp;
+    // The upstream has keepalive from the dial; no-delay is set on both at
+    // connect/accept and cached, so this costs no system call.
+    keepAliveSoon(client, opts.keepAliveMs);
     for (const s of [client, upstream]) {
       s.allowHalfOpen = true;
       s.setNoDelay(true);
-      s.setKeepAlive(opts.keepAliveMs > 0, opts.keepAliveMs);
       (s as Leg)[kTunnel] = this;
       s.on('end', s === client ? onClientEnd : onUpstreamEnd)
         .on('error', s === client ? onClientError : onUpstreamError)

@@ -1,5 +1,6 @@
 import { connect, type Socket } from 'node:net';
 import { EgressError } from '../errors.js';
+import { keepAliveSoon } from './keepalive.js';
 
 /**
  * Dial checked addresses, in order, until one connects. Only IP literals
@@ -37,14 +38,7 @@ export async function dial(addresses: readonly string[], port: number, opts: Dia
 
 function attempt(ip: string, port: number, timeoutMs: number, keepAliveMs: number): Promise<Dialled> {
   return new Promise((resolve, reject) => {
-    const socket = connect({
-      host: ip,
-      port,
-      allowHalfOpen: true,
-      noDelay: true,
-      keepAlive: keepAliveMs > 0,
-      keepAliveInitialDelay: keepAliveMs,
-    });
+    const socket = connect({ host: ip, port, allowHalfOpen: true, noDelay: true });
     const timer = setTimeout(() => {
       socket.destroy();
       reject(new EgressError('connect_timeout', `connect to ${ip}:${port} timed out after ${timeoutMs} ms`));
@@ -58,6 +52,7 @@ function attempt(ip: string, port: number, timeoutMs: number, keepAliveMs: numbe
     socket.once('connect', () => {
       clearTimeout(timer);
       socket.removeListener('error', onError);
+      keepAliveSoon(socket, keepAliveMs);
       resolve({ socket, address: ip });
     });
   });

@@ -218,6 +218,30 @@ describe('tunnel behaviour', () => {
     expect(closed).toMatchObject({ bytes_up: 1000, bytes_down: 14, close_reason: 'client_closed' });
   });
 
+  it('turns TCP keepalive on for both legs of a tunnel, as the kernel sees them', async () => {
+    const { gw, echo } = await setup({ keepalive: '7s' });
+    const { client, status } = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
+    expect(status).toBe(200);
+    const ours = client.socket.localPort;
+    // `ss -o` shows a keepalive timer on a socket that has SO_KEEPALIVE set.
+    const legs = async () => {
+      const { stdout } = await run('ss', ['-tnoH', 'state', 'established']);
+      const lines = stdout.split('\n');
+      const clientLeg = lines.find((l) => new RegExp(`127\\.0\\.0\\.1:${gw.port}\\s+127\\.0\\.0\\.1:${ours}\\b`).test(l));
+      const upstreamLeg = lines.find((l) => new RegExp(`127\\.0\\.0\\.1:\\d+\\s+127\\.0\\.0\\.1:${echo.port}\\b`).test(l));
+      return { clientLeg, upstreamLeg };
+    };
+    // Switched on within a second or so (src/net/keepalive.ts).
+    let seen = await legs();
+    for (let i = 0; i < 50 && !(seen.clientLeg?.includes('timer:(keepalive') && seen.upstreamLeg?.includes('timer:(keepalive')); i++) {
+      await new Promise((r) => setTimeout(r, 100));
+      seen = await legs();
+    }
+    expect(seen.clientLeg).toMatch(/timer:\(keepalive,/);
+    expect(seen.upstreamLeg).toMatch(/timer:\(keepalive,/);
+    client.destroy();
+  });
+
   it('propagates a FIN that arrives while the upstream is being dialled', async () => {
     const server = await startTcpServer('127.0.0.1', (s) => {
       const chunks: Buffer[] = [];

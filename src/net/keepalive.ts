@@ -1,0 +1,34 @@
+import type { Socket } from 'node:net';
+
+/**
+ * TCP keepalive for tunnel legs and upstreams, switched on within a second
+ * rather than at once. A probe only goes out after `keepalive` of silence
+ * (30 s by default), so a socket that closes sooner never needs it, and
+ * the four setsockopt calls per socket are saved on every short connection
+ * (most HTTPS fetches); long-lived tunnels get it before it could matter.
+ * One timer for the whole process, and only while sockets wait.
+ */
+
+const SWEEP_MS = 1000;
+let waiting: Socket[] = [];
+let delays: number[] = [];
+let timer: NodeJS.Timeout | undefined;
+
+export function keepAliveSoon(socket: Socket, delayMs: number): void {
+  if (delayMs <= 0) return;
+  waiting.push(socket);
+  delays.push(delayMs);
+  timer ??= setTimeout(sweep, SWEEP_MS).unref();
+}
+
+function sweep(): void {
+  const sockets = waiting;
+  const ms = delays;
+  waiting = [];
+  delays = [];
+  timer = undefined;
+  for (let i = 0; i < sockets.length; i++) {
+    const s = sockets[i]!;
+    if (!s.destroyed) s.setKeepAlive(true, ms[i]);
+  }
+}
