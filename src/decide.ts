@@ -47,11 +47,11 @@ export type Decision =
       verdict: 'allow';
       rule?: string;
       /** Checked addresses, in the order to dial them. */
-      addresses: string[];
+      addresses: readonly string[];
       /** Report mode: what enforce mode would have denied. */
       wouldDeny?: Denial;
     }
-  | ({ verdict: 'deny' | 'fail'; addresses: string[]; wouldDeny?: Denial } & Denial);
+  | ({ verdict: 'deny' | 'fail'; addresses: readonly string[]; wouldDeny?: Denial } & Denial);
 
 export async function decide(ctx: DecisionContext, target: Target): Promise<Decision> {
   const rules = ctx.policy.rulesFor(target.port);
@@ -67,12 +67,13 @@ export async function decide(ctx: DecisionContext, target: Target): Promise<Deci
     return policyDenial(ctx, target, { reason: notAllowed }, null);
   }
 
-  let resolved: string[];
+  let resolved: readonly string[];
   if (isIp) {
     resolved = [target.host];
   } else {
     try {
-      resolved = await ctx.resolver.resolve(target.host);
+      // Static hosts and cached answers need no await.
+      resolved = ctx.resolver.known(target.host) ?? (await ctx.resolver.resolve(target.host));
     } catch (err) {
       if (!(err instanceof EgressError)) throw err;
       // A name no rule names does not get to learn that it fails to resolve.
@@ -116,8 +117,8 @@ async function policyDenial(
   ctx: DecisionContext,
   target: Target,
   denial: Denial,
-  resolved: string[] | null,
-  judged: string[] = resolved ?? [],
+  resolved: readonly string[] | null,
+  judged: readonly string[] = resolved ?? [],
 ): Promise<Decision> {
   if (ctx.mode === 'enforce') return { verdict: 'deny', ...denial, addresses: judged };
   let addresses = resolved;

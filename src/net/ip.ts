@@ -8,13 +8,33 @@ import ipaddr from 'ipaddr.js';
 
 export type Family = 4 | 6;
 
-const V4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)$/;
-
-/** Strict dotted-quad IPv4 (no octal, hex or short forms) to uint32, or null. */
+/**
+ * Strict dotted-quad IPv4 (no octal, hex or short forms: four decimal
+ * octets 0-255 without leading zeros) to uint32, or null. A character loop,
+ * not a regex: every decision parses each address it judges.
+ */
 export function v4ToNumber(s: string): number | null {
-  const m = V4.exec(s);
-  if (!m) return null;
-  return ((+m[1]! << 24) >>> 0) + (+m[2]! << 16) + (+m[3]! << 8) + +m[4]!;
+  const len = s.length;
+  if (len < 7 || len > 15) return null;
+  let n = 0;
+  let octets = 0;
+  let i = 0;
+  while (i < len) {
+    let c = s.charCodeAt(i) - 48;
+    if (c < 0 || c > 9) return null;
+    let octet = c;
+    let digits = 1;
+    while (++i < len && (c = s.charCodeAt(i) - 48) >= 0 && c <= 9) {
+      if (octet === 0 || ++digits > 3) return null; // leading zero, or too long
+      octet = octet * 10 + c;
+    }
+    if (octet > 255) return null;
+    n = n * 256 + octet;
+    octets++;
+    if (i === len) break;
+    if (s.charCodeAt(i) !== 46 || octets === 4 || ++i === len) return null; // '.' between octets only
+  }
+  return octets === 4 ? n : null;
 }
 
 export function numberToV4(n: number): string {

@@ -39,21 +39,27 @@ export class Resolver {
     }
   }
 
-  /** Addresses for a canonical name (IPv4 first); throws EgressError('dns_failed'). */
-  async resolve(name: string): Promise<string[]> {
+  /** Addresses known without a query (static hosts, or a live cache entry); never to be modified. */
+  known(name: string): readonly string[] | undefined {
     const fixed = this.hosts.get(name);
-    if (fixed) return [...fixed];
+    if (fixed) return fixed;
     const hit = this.cache.get(name);
-    if (hit && hit.expires > Date.now()) return [...hit.addresses];
+    return hit && hit.expires > Date.now() ? hit.addresses : undefined;
+  }
+
+  /** Addresses for a canonical name (IPv4 first); throws EgressError('dns_failed'). */
+  async resolve(name: string): Promise<readonly string[]> {
+    const known = this.known(name);
+    if (known) return known;
     let query = this.pending.get(name);
     if (!query) {
       query = withTimeout(this.dns ? this.query(this.dns, name) : this.system(name), this.timeoutMs, name);
       this.pending.set(name, query);
       void query.finally(() => this.pending.delete(name)).catch(() => {});
     }
-    let addresses: string[];
+    let addresses: readonly string[];
     try {
-      addresses = [...(await query)];
+      addresses = await query;
     } catch (err) {
       if (err instanceof EgressError) throw err;
       throw new EgressError('dns_failed', `cannot resolve ${name}: ${(err as NodeJS.ErrnoException).code ?? err}`, {

@@ -14,12 +14,26 @@ import { parseHostPort } from '../../src/policy/hostport.js';
  * is never used.
  */
 
-/** A Resolver that records the names it was asked for. */
+/**
+ * A Resolver that records the names it was asked for. Every lookup starts
+ * with `known()` (decide's no-await path; `resolve()` looks there first too),
+ * so that is where a name is recorded, once per lookup.
+ */
 class CountingResolver extends Resolver {
   readonly asked: string[] = [];
-  override async resolve(name: string): Promise<string[]> {
-    this.asked.push(name);
-    return super.resolve(name);
+  private inResolve = false;
+  override known(name: string): readonly string[] | undefined {
+    if (!this.inResolve) this.asked.push(name);
+    return super.known(name);
+  }
+  override async resolve(name: string): Promise<readonly string[]> {
+    if (this.asked.at(-1) !== name) this.asked.push(name);
+    this.inResolve = true;
+    try {
+      return super.resolve(name);
+    } finally {
+      this.inResolve = false;
+    }
   }
 }
 

@@ -1,3 +1,4 @@
+import fc from 'fast-check';
 import { describe, it, expect } from 'vitest';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -27,6 +28,22 @@ describe('v4ToNumber / numberToV4', () => {
       expect(v4ToNumber(text)).toBeNull();
     },
   );
+
+  it('agrees with the dotted-quad grammar on any string of digits and dots', () => {
+    // The grammar it implements: four octets 0-255, no leading zeros.
+    const octet = '(25[0-5]|2[0-4]\\d|1\\d\\d|[1-9]?\\d)';
+    const grammar = new RegExp(`^${octet}\\.${octet}\\.${octet}\\.${octet}$`);
+    const reference = (s: string) => {
+      const m = grammar.exec(s);
+      return m ? ((+m[1]! << 24) >>> 0) + (+m[2]! << 16) + (+m[3]! << 8) + +m[4]! : null;
+    };
+    const text = fc.oneof(
+      fc.ipV4().map((ip) => ip),
+      fc.string({ unit: fc.constantFrom('0', '1', '2', '5', '9', '.', '.', 'a', ' ', '-'), maxLength: 18 }),
+      fc.array(fc.integer({ min: 0, max: 999 }), { minLength: 1, maxLength: 5 }).map((xs) => xs.join('.')),
+    );
+    fc.assert(fc.property(text, (s) => v4ToNumber(s) === reference(s)), { numRuns: 20_000 });
+  });
 });
 
 describe('v6ToBigInt / bigIntToV6 / canonicalIp', () => {
