@@ -154,7 +154,17 @@ export function renderMarkdown(r) {
   out.push('## Memory per idle tunnel', '');
   out.push(
     table(
-      ['peer', ...levels.map((l) => `RSS MiB at ${num(l)}`), 'KiB per tunnel (slope)', '×squid', 'projected MiB at 50,000', '×squid', `fds at ${num(levels.at(-1))}`, 'threads'],
+      [
+        'peer',
+        ...levels.map((l) => `RSS MiB at ${num(l)}`),
+        'KiB per tunnel (slope)',
+        '×squid',
+        'projected MiB at 50,000',
+        '×squid',
+        'slope when just opened',
+        `fds at ${num(levels.at(-1))}`,
+        'threads',
+      ],
       proxies.map(([n, p]) => {
         const pts = get(p, 'memory.points') ?? [];
         return [
@@ -167,13 +177,17 @@ export function renderMarkdown(r) {
           rt(p, 'memory.slope_kib_per_tunnel', 'vs_squid'),
           num(get(p, 'memory.projected_50k_mib'), 0),
           rt(p, 'memory.projected_50k_mib', 'vs_squid'),
+          num(get(p, 'memory.slope_when_opened_kib_per_tunnel'), 2),
           num(pts.at(-1)?.fds),
           num(pts.at(-1)?.threads),
         ];
       }),
     ),
     '',
-    'VmRSS summed over the proxy\'s process tree once it settles, with the tunnels open and idle (each carried one 16-byte echo). ' +
+    `VmRSS summed over the proxy's process tree with the tunnels open and idle (each carried one 16-byte echo), read after every peer has rested ${r.params.idleMs / 1000} s at that count: ` +
+      'a gateway holds its tunnels for days, and a Node.js heap gives back what the opening burst allocated only when V8\'s memory reducer runs, some twenty seconds after allocation stops. ' +
+      '"When just opened" is the slope of RSS read as soon as it stopped changing after the tunnels were opened. ' +
+      'Every peer has its own client and echo sink processes here, and all peers hold their tunnels at once. ' +
       'The slope is a least-squares fit over the three counts; the projection extends it from the last point. ' +
       'Every tunnel costs the proxy two descriptors, hence 9,000 under the 20,000 cap. Direct has no proxy to measure.',
     '',

@@ -9,6 +9,7 @@
 // Options: --peers a,b,...  --out DIR  --duration SECONDS (per measurement)  --rounds N  --tunnels 2000,5000,9000
 //          --clients N  --sinks N  --no-install  --profile (wa-egress under --cpu-prof)  --keep (temp dir)
 //          --phases memory,throughput,handshakes,latency,dns (a subset, while working on one figure)
+//          --idle SECONDS (how long idle tunnels rest before RSS is read; 30 in a full run)
 //
 // Needs `npm run build` first (wa-egress runs as `node dist/cli.js serve`).
 // Only loopback is used: every listener binds 127.0.0.1.
@@ -40,6 +41,7 @@ const { values: opt } = parseArgs({
     profile: { type: 'boolean', default: false },
     keep: { type: 'boolean', default: false },
     phases: { type: 'string' },
+    idle: { type: 'string' },
   },
 });
 
@@ -59,6 +61,7 @@ const P = SMOKE
       dnsNames: 20,
       rounds: 1,
       settleMaxMs: 300,
+      idleMs: 200,
     }
   : {
       durationMs: 2500,
@@ -74,12 +77,14 @@ const P = SMOKE
       policySeconds: 2,
       dnsNames: 1000,
       settleMaxMs: 5000,
+      idleMs: 30_000,
     };
 if (opt.duration) P.durationMs = Number(opt.duration) * 1000;
 if (opt.rounds) P.rounds = Number(opt.rounds);
 if (opt.tunnels) P.tunnels = opt.tunnels.split(',').map(Number);
 if (opt.clients) P.clients = Number(opt.clients);
 if (opt.sinks) P.sinks = Number(opt.sinks);
+if (opt.idle) P.idleMs = Number(opt.idle) * 1000;
 
 const peerNames = opt.peers ? opt.peers.split(',') : SMOKE ? ['direct', 'wa-egress'] : ALL_PEERS.map((p) => p.name);
 const unknown = peerNames.filter((n) => !ALL_PEERS.some((p) => p.name === n));
@@ -158,7 +163,6 @@ function machine() {
 // ------------------------------------------------------------------ phases
 
 const sum = (xs) => xs.reduce((a, b) => a + b, 0);
-const split = (n, k) => Array.from({ length: k }, (_, i) => Math.floor(n / k) + (i < n % k ? 1 : 0));
 const round = (x, d = 2) => (Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null);
 
 function latencyStats(latUs) {
@@ -186,46 +190,73 @@ async function settleRss(pid) {
   return prev;
 }
 
-async function phaseMemory(env, proxy, pid) {
-  const targets = env.sinks.map((s) => ({ host: env.targetHost, port: s.info.ports.echo, addr: '127.0.0.1' }));
-  const baseline = await settleRss(pid);
-  const points = [];
-  let opened = 0;
-  let errors = 0;
-  let firstError;
-  for (const level of P.tunnels) {
-    const add = Math.max(0, level - opened);
-    const shares = split(add, env.clients.length);
-    const rs = await Promise.all(
-      env.clients.map((c, k) => c.call('open', { proxy, targets, count: shares[k], concurrency: P.openConcurrency, offset: opened + k })),
-    );
-    errors += sum(rs.map((r) => r.errors));
-    firstError ??= rs.find((r) => r.firstError)?.firstError;
-    const rss = await settleRss(pid);
-    const st = await Promise.all(env.clients.map((c) => c.call('status')));
-    opened = sum(st.map((s) => s.held));
-    points.push({
-      target: level,
-      tunnels: opened,
-      rss_kib: rss,
-      fds: fdCount(pid),
-      threads: treeThreads(pid),
-      dropped: sum(st.map((s) => s.dropped)),
-    });
-    log(`  ${opened} idle tunnels: RSS ${(rss / 1024).toFixed(1)} MiB, ${points.at(-1).fds} fds${errors ? `, ${errors} errors (${firstError})` : ''}`);
+/**
+ * Idle tunnels, every peer side by side: each has its own holder client and
+ * echo sink (so no process nears the descriptor cap). At each level every
+ * peer is brought to that many tunnels, then all stay idle together for
+ * `idleMs` before RSS is read: a gateway holds tunnels for days, and a
+ * Node.js heap only gives back what the opening burst allocated once V8's
+ * memory reducer runs, some twenty seconds after allocation stops. RSS right
+ * after opening is kept too.
+ */
+async function phaseMemory(runs, env) {
+  const measured = runs.filter((r) => r.proc.pid);
+  const state = new Map();
+  for (const run of measured) {
+    state.set(run, { baseline: await settleRss(run.proc.pid), points: [], opened: 0, errors: 0, firstError: undefined, mem: env.memory.get(run.peer.name) });
   }
-  await Promise.all(env.sinks.map((s) => s.call('closeEcho')));
-  await Promise.all(env.clients.map((c) => c.call('release', {})));
-  const k = slope(points.map((p) => ({ x: p.tunnels, y: p.rss_kib })));
-  const last = points.at(-1);
-  return {
-    baseline_rss_kib: baseline,
-    points,
-    slope_kib_per_tunnel: round(k, 3),
-    projected_50k_mib: round((last.rss_kib + k * (50_000 - last.tunnels)) / 1024, 1),
-    errors,
-    first_error: firstError,
-  };
+  for (const level of P.tunnels) {
+    for (const run of measured) {
+      if (run.proc.child && run.proc.child.exitCode !== null) continue;
+      const st = state.get(run);
+      const { client, sink } = st.mem;
+      const targets = [{ host: run.penv.targetHost, port: sink.info.ports.echo, addr: '127.0.0.1' }];
+      log(`${run.peer.name}: ${level} idle tunnels`);
+      try {
+        const r = await client.call('open', { proxy: run.proxy, targets, count: Math.max(0, level - st.opened), concurrency: P.openConcurrency });
+        st.errors += r.errors;
+        st.firstError ??= r.firstError;
+        const status = await client.call('status');
+        st.opened = status.held;
+        st.points.push({ target: level, tunnels: status.held, rss_open_kib: await settleRss(run.proc.pid), dropped: status.dropped });
+      } catch (err) {
+        run.res.errors.memory ??= err.message.split('\n')[0];
+      }
+    }
+    await sleep(P.idleMs);
+    for (const run of measured) {
+      const st = state.get(run);
+      const pt = st.points.at(-1);
+      if (!pt || pt.target !== level) continue;
+      pt.rss_kib = treeRssKiB(run.proc.pid);
+      pt.fds = fdCount(run.proc.pid);
+      pt.threads = treeThreads(run.proc.pid);
+      log(
+        `  ${run.peer.name}: ${pt.tunnels} idle tunnels: RSS ${(pt.rss_open_kib / 1024).toFixed(1)} MiB when opened, ` +
+          `${(pt.rss_kib / 1024).toFixed(1)} MiB after ${P.idleMs / 1000} s idle, ${pt.fds} fds${st.errors ? `, ${st.errors} errors (${st.firstError})` : ''}`,
+      );
+    }
+  }
+  for (const run of measured) {
+    const st = state.get(run);
+    await st.mem.sink.call('closeEcho').catch(() => {});
+    await st.mem.client.call('release', {}).catch(() => {});
+    const pts = st.points.filter((p) => p.rss_kib !== undefined);
+    if (pts.length < 2) continue;
+    const k = slope(pts.map((p) => ({ x: p.tunnels, y: p.rss_kib })));
+    const kOpen = slope(pts.map((p) => ({ x: p.tunnels, y: p.rss_open_kib })));
+    const last = pts.at(-1);
+    run.res.memory = {
+      baseline_rss_kib: st.baseline,
+      idle_s: P.idleMs / 1000,
+      points: pts,
+      slope_kib_per_tunnel: round(k, 3),
+      slope_when_opened_kib_per_tunnel: round(kOpen, 3),
+      projected_50k_mib: round((last.rss_kib + k * (50_000 - last.tunnels)) / 1024, 1),
+      errors: st.errors,
+      first_error: st.firstError,
+    };
+  }
 }
 
 // The phases below return raw figures for one round; `aggregate` combines
@@ -551,7 +582,16 @@ async function main() {
   if (env.profileDir) mkdirSync(env.profileDir, { recursive: true });
   env.sinks = await Promise.all(Array.from({ length: P.sinks }, () => Child.fork(join(here, 'sink.mjs'))));
   env.sinks.forEach((c) => children.add(c));
-  env.sinkPorts = env.sinks.flatMap((s) => Object.values(s.info.ports));
+  env.memory = new Map();
+  if (phases.has('memory')) {
+    for (const name of peerNames.filter((n) => n !== 'direct')) {
+      const [client, sink] = await Promise.all([Child.fork(join(here, 'client.mjs')), Child.fork(join(here, 'sink.mjs'))]);
+      children.add(client);
+      children.add(sink);
+      env.memory.set(name, { client, sink });
+    }
+  }
+  env.sinkPorts = [...env.sinks, ...[...env.memory.values()].map((m) => m.sink)].flatMap((s) => Object.values(s.info.ports));
   env.dns = await Child.fork(join(here, 'dns-server.mjs'), [env.dnsZone, '300', SMOKE ? '0' : '53']);
   children.add(env.dns);
   env.dnsServer = env.dns.info.server;
@@ -581,11 +621,9 @@ async function main() {
       runs.push(run);
     }
   }
-  for (const run of runs) {
-    if (!run.proc.pid || !phases.has('memory')) continue;
-    log(`${run.peer.name}: idle tunnels`);
-    const m = await guarded(run, 'memory', () => phaseMemory(run.penv, run.proxy, run.proc.pid));
-    if (m) run.res.memory = m;
+  if (phases.has('memory')) {
+    log(`idle tunnels: ${P.tunnels.join(', ')}, ${P.idleMs / 1000} s idle at each`);
+    await phaseMemory(runs, env);
   }
   for (let round = 0; round < P.rounds; round++) {
     for (const run of runs) {
@@ -600,7 +638,7 @@ async function main() {
   results.versions.node = process.version;
   results.machine.loadavg_at_end = os.loadavg().map((x) => Math.round(x * 100) / 100);
 
-  for (const c of [...env.clients, ...env.sinks, env.dns]) {
+  for (const c of [...env.clients, ...env.sinks, ...[...env.memory.values()].flatMap((m) => [m.client, m.sink]), env.dns]) {
     await c.stop();
     children.delete(c);
   }

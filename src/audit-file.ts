@@ -3,9 +3,11 @@ import { dirname } from 'node:path';
 
 /**
  * Where audit lines go: a file (appended) or stdout. Lines are batched and
- * written synchronously once per event-loop turn, so a failure is known at
- * once, nothing is ever "in flight" when the process must exit, and a
- * failed write keeps its lines to try again. Memory for waiting lines is
+ * written synchronously at most `BATCH_MS` after the first of them waits (at
+ * once past `BATCH_BYTES`), so a failure is known within milliseconds,
+ * nothing is ever "in flight" when the process must exit, and a failed
+ * write keeps its lines to try again. The window lets a busy gateway write
+ * many connections' records with one system call, not one or two each. Memory for waiting lines is
  * bounded; past the bound a line is dropped and reported, never silently.
  */
 
@@ -19,6 +21,8 @@ export interface AuditFileEvents {
 }
 
 const MAX_WAITING = 64 * 1024 * 1024;
+const BATCH_MS = 5;
+const BATCH_BYTES = 64 * 1024;
 const RETRY_MS = 1000;
 const EAGAIN_MS = 5;
 
@@ -26,7 +30,11 @@ export class AuditFile {
   private fd: number;
   private waiting: string[] = [];
   private waitingBytes = 0;
-  private scheduled = false;
+  private batch: NodeJS.Timeout | undefined;
+  private readonly onBatch = () => {
+    this.batch = undefined;
+    this.flush();
+  };
   private retry: NodeJS.Timeout | undefined;
   failing = false;
 
@@ -52,18 +60,19 @@ export class AuditFile {
     }
     this.waiting.push(line);
     this.waitingBytes += line.length;
-    if (!this.scheduled && !this.failing) {
-      this.scheduled = true;
-      setImmediate(() => {
-        this.scheduled = false;
-        this.flush();
-      });
-    }
+    // While failing, or waiting out a full pipe, the retry timer writes them.
+    if (this.failing || this.retry) return true;
+    if (this.waitingBytes >= BATCH_BYTES) this.flush();
+    else this.batch ??= setTimeout(this.onBatch, BATCH_MS);
     return true;
   }
 
   /** Write what is waiting; on failure keep it and try again later. */
   flush(): 'done' | 'again' | 'failed' {
+    if (this.batch) {
+      clearTimeout(this.batch);
+      this.batch = undefined;
+    }
     while (this.waiting.length) {
       const batch = Buffer.from(this.waiting.join(''));
       let n: number;

@@ -76,13 +76,15 @@ async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promi
 /** Join client and upstream; the tunnel is tracked in `ctx.tunnels` and audits its own close. */
 export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, open: EgressOpen, head?: Buffer): Tunnel {
   const opts = { idleMs: ctx.idleTimeoutMs, keepAliveMs: ctx.keepAliveMs, destIp: open.destIp, head };
+  // The tunnel handles the client's errors from now on (one listener less to keep).
+  client.removeListener('error', destroySocket);
   const tunnel = new Tunnel(client, open.upstream, opts, ctx, attempt);
   ctx.tunnels.add(tunnel);
   if (ctx.stopped) tunnel.destroy('shutdown');
   return tunnel;
 }
 
-/** An 'error' listener for a socket that is simply dropped on error (shared: no closure per socket). */
+/** The 'error' listener of a client socket before its tunnel exists: drop it (shared: no closure per socket). */
 export function destroySocket(this: Socket): void {
   this.destroy();
 }
