@@ -238,3 +238,36 @@ describe('tunnel data path', () => {
     expect(r.got).toBe(r.sent);
   });
 });
+
+describe('tunnel data path without onread slots', () => {
+  it('falls back to data events where a socket cannot be given a read buffer, and still delivers every byte', async () => {
+    const { Tunnel } = await import('../../src/tunnel.js');
+    // A pair of connected sockets for each leg: the tunnel joins `a` and `b`;
+    // the test talks through their peers.
+    const pair = () =>
+      new Promise<[Socket, Socket]>((resolve) => {
+        const srv = net.createServer((inner) => {
+          srv.close();
+          resolve([inner, outer]);
+        });
+        let outer!: Socket;
+        srv.listen(0, '127.0.0.1', () => (outer = net.connect((srv.address() as net.AddressInfo).port, '127.0.0.1')));
+      });
+    const [a, clientSide] = await pair();
+    const [b, upstreamSide] = await pair();
+    for (const s of [a, b]) (s as unknown as { _handle: { useUserBuffer?: unknown } })._handle.useUserBuffer = undefined;
+    const records: unknown[] = [];
+    const owner = { tunnels: new Set<InstanceType<typeof Tunnel>>(), audit: { closed: (_a: unknown, c: unknown) => records.push(c) } };
+    const attempt = { id: 't', client: 'c', listener: 'l', proto: 'connect' as const };
+    owner.tunnels.add(new Tunnel(a, b, { idleMs: 0, keepAliveMs: 0, destIp: '127.0.0.1' }, owner, attempt));
+    upstreamSide.on('end', () => upstreamSide.end());
+    upstreamSide.pipe(upstreamSide, { end: false });
+    const total = 8 * 1024 * 1024;
+    const r = await exchange(clientSide, total, 5);
+    expect(r.received).toBe(total);
+    expect(r.got).toBe(r.sent);
+    await eventually(() => records.length === 1);
+    expect(records[0]).toMatchObject({ bytes_up: total, bytes_down: total });
+    expect(owner.tunnels.size).toBe(0);
+  });
+});
