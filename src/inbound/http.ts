@@ -1,17 +1,21 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
-import type { Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
 import { formatClient, type Attempt } from '../audit.js';
 import { destroySocket, openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError, httpStatus, type Reason } from '../errors.js';
 import { parseAbsoluteUrl, parseHostPort, type Target } from '../policy/hostport.js';
+import { readConnectHead } from './connect-head.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 
 /**
  * The HTTP proxy listener: CONNECT tunnels and absolute-form HTTP requests.
- * Node's HTTP parser reads request heads (and rejects malformed ones, which
- * are audited from `clientError`); once a CONNECT is accepted the socket
- * leaves Node's HTTP machinery for a plain tunnel, so none of its timeouts
- * can reach it.
+ * A plain TCP listener reads each connection's first bytes: a complete
+ * CONNECT head in the plain form (connect-head.ts) is served at once, with
+ * none of Node's HTTP machinery on the socket. Every other connection is
+ * handed, bytes and all, to a Node HTTP server that never listens itself:
+ * its parser reads request heads (and rejects malformed ones, audited from
+ * `clientError`), and once a CONNECT is accepted there the socket leaves
+ * its machinery for a plain tunnel, so none of its timeouts can reach it.
  */
 
 export interface HttpListenerOptions {
@@ -41,7 +45,7 @@ interface Exchange {
 
 const conns = new WeakMap<Socket, Conn>();
 
-export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOptions): http.Server {
+export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOptions): net.Server {
   const server = http.createServer({
     // The head must arrive within the handshake timeout; the body of a
     // proxied request and everything after a CONNECT have no server timeout.
@@ -76,7 +80,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     socket.on('error', destroySocket);
     const attempt = attemptFor(socket, 'connect');
     const run = () =>
-      handleConnect(ctx(), attempt, req, socket, head).catch((err) => {
+      handleConnect(ctx(), attempt, req.url ?? '', socket, head).catch((err) => {
         socket.destroy(err as Error);
       });
     // Node hands over a pipelined CONNECT as soon as it is parsed; answers
@@ -94,15 +98,11 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     });
   });
 
-  // Requests being handled. When the server has closed (its connections are
-  // gone), running forwards write their close records at once: the socket
-  // 'close' events that would otherwise do it come after the gateway has
-  // closed the audit log.
+  // Requests being handled. When the listener has closed (its connections
+  // are gone), running forwards write their close records at once: the
+  // socket 'close' events that would otherwise do it come after the gateway
+  // has closed the audit log.
   const exchanges = new Set<Exchange>();
-  server.on('close', () => {
-    for (const ex of exchanges) ex.abort?.('shutdown');
-    exchanges.clear();
-  });
 
   server.on('request', (req: IncomingMessage, res: ServerResponse) => {
     const ex: Exchange = { attempt: attemptFor(req.socket, 'http', req.method), req, res, refused: false };
@@ -115,7 +115,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     });
   });
 
-  server.on('clientError', (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
+  const onClientError = (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
     if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
       socket.destroy();
       return;
@@ -139,15 +139,59 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     }
     ctx().audit.denied(attempt, { reason, enforced: true, error: err.code ?? err.message });
     closeWith(socket, rawResponse(reason, `${err.code ?? 'bad request'}`));
-  });
+  };
+  server.on('clientError', onClientError);
 
-  return server;
+  // Node tracks unfinished heads (headersTimeout) from 'listening' on; this
+  // server is only handed connections, so it is told once here.
+  server.emit('listening');
+
+  const front = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+    socket.on('error', destroySocket);
+    const onFirst = (data: Buffer) => {
+      stop();
+      const head = readConnectHead(data);
+      if (!head) return void handOff(socket, data);
+      // Bytes that come while the upstream is dialled wait in the socket.
+      socket.pause();
+      const attempt: Attempt = { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), listener: opts.name, proto: 'connect' };
+      handleConnect(ctx(), attempt, head.authority, socket, data.subarray(head.length)).catch((err) => socket.destroy(err as Error));
+    };
+    // Nothing at all within the handshake timeout: the answer Node's parser gives.
+    const onSilent = () => {
+      stop();
+      onClientError(Object.assign(new Error('request head timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' }), socket);
+    };
+    // Closed without a byte (a health check, a port scan): no record.
+    const onEnd = () => socket.destroy();
+    const stop = () => {
+      socket.setTimeout(0);
+      socket.removeListener('data', onFirst).removeListener('timeout', onSilent).removeListener('end', onEnd);
+    };
+    socket.setTimeout(opts.handshakeTimeoutMs, onSilent);
+    socket.on('data', onFirst).on('end', onEnd);
+  });
+  /** Give the connection, with the bytes already read, to Node's HTTP server. */
+  const handOff = (socket: Socket, data: Buffer) => {
+    socket.removeListener('error', destroySocket);
+    socket.pause();
+    socket.unshift(data);
+    server.emit('connection', socket);
+    socket.resume();
+  };
+  front.on('close', () => {
+    for (const ex of exchanges) ex.abort?.('shutdown');
+    exchanges.clear();
+    // Stops its head-timeout checks; it never listened, so it says so.
+    server.close(() => {});
+  });
+  return front;
 }
 
-async function handleConnect(ctx: EgressContext, attempt: Attempt, req: IncomingMessage, socket: Socket, head: Buffer) {
+async function handleConnect(ctx: EgressContext, attempt: Attempt, url: string, socket: Socket, head: Buffer) {
   let target: Target;
   try {
-    target = parseHostPort(req.url ?? '');
+    target = parseHostPort(url);
   } catch (err) {
     return refuse(ctx, attempt, socket, err);
   }

@@ -1,5 +1,6 @@
 import { execFile } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
+import http from 'node:http';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
@@ -382,3 +383,49 @@ describe('tunnel behaviour', () => {
   });
 });
 
+
+describe('CONNECT read without Node’s HTTP parser, and handed to it', () => {
+  it('a complete CONNECT head in the first packet is served by the plain listener, not an HTTP socket', async () => {
+    const { gw, echo } = await setup();
+    const { client, status } = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`, 'early bytes');
+    expect(status).toBe(200);
+    await eventually(() => client.text === 'early bytes');
+    const [tunnel] = [...gw.gw.tunnels];
+    // Node's HTTP server marks the sockets it parses as its own.
+    expect((tunnel!.client as unknown as { server: unknown }).server).not.toBeInstanceOf(http.Server);
+    client.destroy();
+  });
+
+  it('a head that arrives in pieces goes to Node’s parser and tunnels the same', async () => {
+    const { gw, echo } = await setup();
+    const client = await RawClient.connect(gw.port);
+    client.write('CONNECT g.whatsapp.net:');
+    await new Promise((r) => setTimeout(r, 50));
+    client.write(`${echo.port} HTTP/1.1\r\nHost: g\r\n\r\nafter`);
+    expect((await client.head()).status).toBe(200);
+    await eventually(() => client.text === 'after');
+    const [tunnel] = [...gw.gw.tunnels];
+    expect((tunnel!.client as unknown as { server: unknown }).server).toBeInstanceOf(http.Server);
+    client.destroy();
+    const closed = await eventually(() => gw.audit().find((r) => r.event === 'egress.closed'));
+    expect(closed).toMatchObject({ proto: 'connect', dest_host: 'g.whatsapp.net', bytes_up: 5 });
+  });
+
+  it('a connection that sends nothing is answered 408 and audited handshake_timeout', async () => {
+    const { gw } = await setup({ timeouts: { handshake: '300ms' } });
+    const client = await RawClient.connect(gw.port);
+    await client.waitClosed(3000);
+    expect(client.text).toMatch(/^HTTP\/1.1 408 /);
+    const rec = await eventually(() => gw.audit()[0]);
+    expect(rec).toMatchObject({ event: 'egress.denied', reason: 'handshake_timeout', listener: 'proxy', enforced: true });
+  });
+
+  it('a connection closed before any byte leaves no record', async () => {
+    const { gw } = await setup();
+    const client = await RawClient.connect(gw.port);
+    client.socket.end();
+    await client.waitClosed(3000);
+    await new Promise((r) => setTimeout(r, 50));
+    expect(gw.audit()).toEqual([]);
+  });
+});

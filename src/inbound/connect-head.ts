@@ -1,0 +1,40 @@
+/**
+ * The common CONNECT request, read without Node's HTTP machinery: the first
+ * bytes of a connection, when they hold a complete head in the plain form
+ * proxy clients send (`CONNECT host:port HTTP/1.1`, then header lines). A
+ * head this grammar does not admit (another method, an unfinished head,
+ * a byte outside it, framing headers) gets null and goes to Node's HTTP
+ * parser, which decides as it always has: this takes only heads that parser
+ * accepts and would read the same way, so the answer never depends on which
+ * of the two read it.
+ */
+
+/** Node's default `maxHeaderSize`: a longer head is Node's to refuse. */
+const MAX_HEAD = 16 * 1024;
+const PREFIX = Buffer.from('CONNECT ');
+const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._:[\]-]{1,1024}) HTTP\/1\.[01]$/;
+// field-name ":" OWS field-value OWS (RFC 9110 5.1, 5.5), visible ASCII only.
+const HEADER_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?[ \t]*$/;
+// A CONNECT has no body; framing headers on one are left to Node's rules.
+const FRAMING = /^(?:content-length|transfer-encoding):/i;
+
+export interface ConnectHead {
+  /** The request target, as Node's parser would give it in `req.url`. */
+  authority: string;
+  /** Bytes up to and including the blank line; what follows is tunnel data. */
+  length: number;
+}
+
+export function readConnectHead(buf: Buffer): ConnectHead | null {
+  if (buf.length < PREFIX.length + 14 || buf.compare(PREFIX, 0, PREFIX.length, 0, PREFIX.length) !== 0) return null;
+  const end = buf.indexOf('\r\n\r\n');
+  if (end < 0 || end + 4 > MAX_HEAD) return null;
+  const lines = buf.toString('latin1', 0, end).split('\r\n');
+  const m = REQUEST_LINE.exec(lines[0]!);
+  if (!m) return null;
+  for (let i = 1; i < lines.length; i++) {
+    const line = lines[i]!;
+    if (!HEADER_LINE.test(line) || FRAMING.test(line)) return null;
+  }
+  return { authority: m[1]!, length: end + 4 };
+}
