@@ -83,6 +83,11 @@ export function renderMarkdown(r) {
       ok.map(([n, p]) => `${n} \`${p.target_host}\``).join(', ') +
       ' (wa-egress maps `sink.bench` to 127.0.0.1 with `dns.hosts`; the other proxies get the IP literal, their cheapest case).',
     '',
+    '`floor-net` and `floor-http` are not proxies to deploy but the least a Node.js CONNECT proxy can do ' +
+      '([bench/peers/floor-net.mjs](peers/floor-net.mjs) on `net.Server`, [floor-http.mjs](peers/floor-http.mjs) on `http.Server`): ' +
+      'read the head, dial the IP literal, answer 200, `pipe()` both ways, with no policy, audit, keepalive or limits. ' +
+      'They show how much of any gap to a native proxy is Node.js itself.',
+    '',
   );
 
   out.push('## Throughput and CPU', '');
@@ -266,7 +271,9 @@ export function renderMarkdown(r) {
   out.push(
     '```sh\nnpm run build && npm run bench          # full run, rewrites this file and results.json\n' +
       'node bench/run.mjs --smoke               # a few seconds: direct and wa-egress only (part of npm test)\n' +
-      'node bench/run.mjs --peers wa-egress,squid --duration 3 --profile   # a subset; --cpu-prof for wa-egress\n```',
+      'node bench/run.mjs --peers wa-egress,squid --duration 3 --profile   # a subset; --cpu-prof for the Node peers\n' +
+      'node bench/run.mjs --peers wa-egress,floor-net --phases handshakes,latency --rounds 2   # some phases only\n' +
+      'node bench/run.mjs --peers wa-egress,squid --phases memory --idle 45   # idle tunnels, resting 45 s at each count\n```',
     '',
     'squid and tinyproxy are installed with apt-get when missing (their services are not started); each proxy runs ' +
       'as its own process on 127.0.0.1 with a config file in a temp dir that allows CONNECT to the bench ports and never cuts an idle tunnel.',
