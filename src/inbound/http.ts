@@ -157,7 +157,9 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
       const attempt: Attempt = { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), listener: opts.name, proto: 'connect' };
       handleConnect(ctx(), attempt, head.authority, socket, data.subarray(head.length)).catch((err) => socket.destroy(err as Error));
     };
-    // Nothing at all within the handshake timeout: the answer Node's parser gives.
+    // Nothing at all within the handshake timeout: the answer Node's parser
+    // gives. (A connection handed over later gets Node's own head timeout
+    // from then on, so a head may take up to twice the timeout in all.)
     const onSilent = () => {
       stop();
       onClientError(Object.assign(new Error('request head timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' }), socket);
