@@ -229,11 +229,19 @@ async function phaseMemory(runs, env) {
       const pt = st.points.at(-1);
       if (!pt || pt.target !== level) continue;
       pt.rss_kib = treeRssKiB(run.proc.pid);
+      // Tunnels that closed while idle are not counted as held (nor hidden).
+      const after = await st.mem.client.call('status').catch(() => null);
+      if (after) {
+        pt.tunnels = after.held;
+        pt.dropped = after.dropped;
+        st.opened = after.held;
+      }
       pt.fds = fdCount(run.proc.pid);
       pt.threads = treeThreads(run.proc.pid);
       log(
         `  ${run.peer.name}: ${pt.tunnels} idle tunnels: RSS ${(pt.rss_open_kib / 1024).toFixed(1)} MiB when opened, ` +
-          `${(pt.rss_kib / 1024).toFixed(1)} MiB after ${P.idleMs / 1000} s idle, ${pt.fds} fds${st.errors ? `, ${st.errors} errors (${st.firstError})` : ''}`,
+          `${(pt.rss_kib / 1024).toFixed(1)} MiB after ${P.idleMs / 1000} s idle, ${pt.fds} fds` +
+          `${pt.dropped ? `, ${pt.dropped} closed while idle` : ''}${st.errors ? `, ${st.errors} errors (${st.firstError})` : ''}`,
       );
     }
   }

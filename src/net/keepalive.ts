@@ -7,6 +7,14 @@ import type { Socket } from 'node:net';
  * the four setsockopt calls per socket are saved on every short connection
  * (most HTTPS fetches); long-lived tunnels get it before it could matter.
  * One timer for the whole process, and only while sockets wait.
+ *
+ * Each socket's idle time is drawn between three quarters of `keepalive`
+ * and all of it (never later than configured): tunnels opened together,
+ * as after a restart, would otherwise probe together, every `keepalive`,
+ * in bursts that can overflow a receive queue. That matters because libuv
+ * gives a peer only 10 probes one second apart before it aborts the
+ * connection (TCP_KEEPINTVL 1, TCP_KEEPCNT 10), and Node offers no way to
+ * change that.
  */
 
 const SWEEP_MS = 1000;
@@ -29,6 +37,6 @@ function sweep(): void {
   timer = undefined;
   for (let i = 0; i < sockets.length; i++) {
     const s = sockets[i]!;
-    if (!s.destroyed) s.setKeepAlive(true, ms[i]);
+    if (!s.destroyed) s.setKeepAlive(true, ms[i]! * (0.75 + 0.25 * Math.random()));
   }
 }
