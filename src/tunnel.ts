@@ -192,9 +192,7 @@ function onRead(this: Socket, n: number, buf: Buffer): boolean {
   const to = up ? t.upstream : t.client;
   if (buf !== shared && n >= to.writableHighWaterMark) {
     // Streaming: no copy. `next` keeps this leg on its own buffer.
-    if (up) t.bytesUp += n;
-    else t.bytesDown += n;
-    to.write(buf.subarray(0, n));
+    t.relay(this, buf.subarray(0, n));
     next = buf;
     // Still queued: the buffer is the write's until 'drain'.
     return to.writableLength === 0;
