@@ -37,6 +37,7 @@ function sweep(): void {
   timer = undefined;
   for (let i = 0; i < sockets.length; i++) {
     const s = sockets[i]!;
-    if (!s.destroyed) s.setKeepAlive(true, ms[i]! * (0.75 + 0.25 * Math.random()));
+    // Node passes whole seconds, and libuv refuses 0: the draw stays at 1 s or more.
+    if (!s.destroyed) s.setKeepAlive(true, Math.max(Math.min(ms[i]!, 1000), ms[i]! * (0.75 + 0.25 * Math.random())));
   }
 }
