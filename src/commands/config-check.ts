@@ -1,0 +1,29 @@
+import { parseArgs } from 'node:util';
+import { loadConfigFile, summarize } from '../config/load.js';
+import { ConfigError } from '../errors.js';
+import { fail, type Command } from './command.js';
+
+const help = `Usage: wa-egress config check FILE
+
+Validate a configuration file: exit 0 with a one-line summary, or exit 1
+listing every problem with its key path and file line.
+
+Options:
+  -h, --help   show this help
+`;
+
+function run(args: string[]): void {
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { help: { type: 'boolean', short: 'h' } } });
+  if (values.help) return void process.stdout.write(help);
+  if (positionals.length !== 1) fail('expected: config check FILE', help);
+  try {
+    const config = loadConfigFile(positionals[0]!);
+    process.stdout.write(`${positionals[0]}: OK: ${summarize(config)}\n`);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    process.stderr.write(`${err.message}\n`);
+    process.exit(1);
+  }
+}
+
+export const configCheck: Command = { words: ['config', 'check'], summary: 'config check FILE         validate a configuration file', help, run };

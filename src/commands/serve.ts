@@ -1,0 +1,65 @@
+import { parseArgs } from 'node:util';
+import { DEFAULT_CONFIG, loadConfigFile, summarize } from '../config/load.js';
+import { ConfigError } from '../errors.js';
+import { Gateway } from '../gateway.js';
+import { createLogger } from '../log.js';
+import type { Command } from './command.js';
+
+const help = `Usage: wa-egress serve [--config FILE]
+
+Run the gateway. Without --config the bundled config/default.yaml is used:
+the WhatsApp Business API policy, listening on 0.0.0.0:3128, audit on stdout.
+
+Options:
+  -c, --config FILE   configuration file (YAML)
+  -h, --help          show this help
+
+Signals: SIGTERM and SIGINT flush the audit log and exit with code 0.
+Operational logs go to stderr; audit records go where audit.file says.
+`;
+
+async function run(args: string[]): Promise<void> {
+  const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } } });
+  if (values.help) return void process.stdout.write(help);
+  const log = createLogger();
+  const file = values.config ?? DEFAULT_CONFIG;
+  let config;
+  try {
+    config = loadConfigFile(file);
+  } catch (err) {
+    if (!(err instanceof ConfigError)) throw err;
+    for (const issue of err.issues) log.error({ ...issue }, 'config error');
+    process.stderr.write(`wa-egress: invalid configuration:\n${err.message}\n`);
+    process.exit(1);
+  }
+  log.info({ config: file, summary: summarize(config) }, 'configuration loaded');
+  const gw = await Gateway.start(config, log);
+  if (gw.fdLimit) {
+    log.info({ fd_soft: gw.fdLimit.soft, fd_hard: gw.fdLimit.hard, max_client_connections: gw.fdLimit.clientBudget }, 'open-file limit');
+  }
+
+  let stopping = false;
+  const stop = (signal: string) => {
+    if (stopping) return;
+    stopping = true;
+    log.info({ signal }, 'stopping');
+    gw.close().then(
+      () => process.exit(0),
+      (err) => {
+        log.error({ err }, 'error while stopping');
+        process.exit(1);
+      },
+    );
+  };
+  process.on('SIGTERM', () => stop('SIGTERM'));
+  // logrotate's move-and-signal: reopen the audit file by its name.
+  process.on('SIGUSR1', () => gw.audit.reopen());
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.on('uncaughtException', (err) => {
+    log.fatal({ err }, 'uncaught exception');
+    gw.audit.flushSync();
+    process.exit(1);
+  });
+}
+
+export const serve: Command = { words: ['serve'], summary: 'serve [--config FILE]     run the gateway (default: the bundled WhatsApp policy)', help, run };
