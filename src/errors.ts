@@ -13,10 +13,16 @@ export const REASONS = {
   // The client's fault.
   bad_request: 400,
   handshake_timeout: 408,
+  /** A request head over the size or header-count limit. */
+  head_too_large: 431,
+  /** Over the per-client connection limit. */
+  client_limit: 429,
   // Failures of an allowed destination.
   dns_failed: 502,
   connect_failed: 502,
   connect_timeout: 504,
+  /** The origin closed without a response, or sent one that cannot be relayed safely. */
+  upstream_bad_response: 502,
   // The gateway's own state.
   audit_unavailable: 503,
   over_capacity: 503,
