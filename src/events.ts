@@ -64,3 +64,20 @@ export interface AuditSinkEvent {
   state: 'failing' | 'recovered' | 'dropped' | 'reopened' | 'reopen_failed' | 'replaced';
 }
 export const auditSinkChannel = channel('wa-egress:audit-sink');
+
+/**
+ * A range feed's attempt to refresh a `url:` or `dns:` entry of a rule.
+ * `updated`: a new list is in force; `unchanged`: fetched, same list;
+ * `not_modified`: the server answered 304; `failed`: fetch, parse or
+ * validation failed and the last good copy stays in force.
+ */
+export interface RangeFeedEvent {
+  rule: string;
+  source: 'url' | 'dns';
+  result: 'updated' | 'unchanged' | 'not_modified' | 'failed';
+  /** Ranges of this entry now in force. */
+  ranges: number;
+  /** The update dropped more than `ranges.max_shrink` of the previous list (logged). */
+  shrunk?: boolean;
+}
+export const rangeFeedChannel = channel('wa-egress:range-feed');

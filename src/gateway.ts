@@ -11,6 +11,7 @@ import { createSocksServer } from './inbound/socks.js';
 import type { Logger } from './log.js';
 import { fdLimit as readFdLimit } from './limits.js';
 import { SelfAddresses } from './net/self.js';
+import { RangeFeeds } from './ranges/feeds.js';
 import type { Tunnel } from './tunnel.js';
 
 /**
@@ -29,6 +30,8 @@ export class Gateway {
   private readonly perServer = new Map<net.Server, number>();
   readonly fdLimit = readFdLimit();
   private ctx: EgressContext;
+  /** Keeps the rules' `url:`/`dns:` ranges current; a reload starts the new config's and stops these. */
+  feeds: RangeFeeds;
   private readonly boot = randomBytes(3).toString('hex');
   private seq = 0;
   private closing: Promise<void> | undefined;
@@ -39,6 +42,7 @@ export class Gateway {
   ) {
     this.audit = new Audit({ file: config.audit.file, onError: config.audit.on_error, log });
     this.ctx = this.contextFor(config);
+    this.feeds = new RangeFeeds(config.policy.rules, config.ranges, this.ctx.resolver, log);
   }
 
   static async start(config: Config, log?: Logger): Promise<Gateway> {
@@ -48,6 +52,7 @@ export class Gateway {
     const handshakeTimeoutMs = config.timeouts.handshake;
     const { proxy, socks, forwards } = config.listen;
     try {
+      await gw.feeds.start();
       if (proxy) {
         await gw.listen('proxy', createHttpProxy(ctx, { name: 'proxy', handshakeTimeoutMs, nextId }), proxy);
       }
@@ -145,6 +150,7 @@ export class Gateway {
   close(): Promise<void> {
     this.closing ??= (async () => {
       this.ctx.stopped = true;
+      this.feeds.stop();
       const closed = [...this.servers.values()].map((s) => new Promise<void>((r) => s.close(() => r())));
       for (const t of this.tunnels) t.destroy('shutdown');
       for (const s of this.sockets) s.destroy();

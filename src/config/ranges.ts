@@ -19,8 +19,13 @@ export function loadRangeFile(path: string): Cidr[] {
   } catch (err) {
     throw new Error(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }
-  if ([ZIP_MAGIC, EMPTY_ZIP_MAGIC].some((m) => m.every((b, i) => data[i] === b))) return fromZip(path, data);
-  return parseRangeText(data.toString('utf8'), path);
+  return parseRangeData(data, path);
+}
+
+/** Range data as read or downloaded: a zip of text files, or text. */
+export function parseRangeData(data: Buffer, where: string): Cidr[] {
+  if ([ZIP_MAGIC, EMPTY_ZIP_MAGIC].some((m) => m.every((b, i) => data[i] === b))) return fromZip(where, data);
+  return parseRangeText(data.toString('utf8'), where);
 }
 
 function fromZip(path: string, data: Buffer): Cidr[] {

@@ -1,3 +1,4 @@
+import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { CidrSet, canonicalIp, parseCidr, type Cidr } from '../net/ip.js';
@@ -5,6 +6,7 @@ import { normalizeHost, parseHostPort } from '../policy/hostport.js';
 import { compilePattern, HostMatcher } from '../policy/patterns.js';
 import type { Rule } from '../policy/policy.js';
 import { loadRangeFile } from './ranges.js';
+import { parseDnsSource, parseUrlSource, type RangeSource } from '../ranges/source.js';
 
 /**
  * The one configuration schema. Unknown keys are rejected everywhere; values
@@ -123,19 +125,20 @@ function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
 }
 
 export function configSchema(baseDir: string) {
-  /** A CIDR, an address, or `file:path` (text or zip), relative to the config file. */
-  const ipRange = z.string().transform((v, ctx): Cidr[] => {
-    if (!v.startsWith('file:')) {
-      try {
-        return [parseCidr(v)];
-      } catch (err) {
-        ctx.addIssue({ code: 'custom', message: (err as Error).message });
-        return z.NEVER;
-      }
-    }
-    const file = v.slice('file:'.length);
+  /**
+   * A CIDR or an address, or a prefixed entry: `file:path` (text or zip,
+   * relative to the config file), `url:https://…` or `dns:HOSTNAME` (kept
+   * current by the range feeds). One parser per prefix.
+   */
+  const RANGE_PREFIXES: readonly [prefix: string, parse: (rest: string) => Cidr[] | RangeSource][] = [
+    ['file:', (file) => loadRangeFile(isAbsolute(file) ? file : resolve(baseDir, file))],
+    ['url:', parseUrlSource],
+    ['dns:', parseDnsSource],
+  ];
+  const ipRange = z.string().transform((v, ctx): Cidr[] | RangeSource => {
+    const prefixed = RANGE_PREFIXES.find(([prefix]) => v.startsWith(prefix));
     try {
-      return loadRangeFile(isAbsolute(file) ? file : resolve(baseDir, file));
+      return prefixed ? prefixed[1](v.slice(prefixed[0].length)) : [parseCidr(v)];
     } catch (err) {
       ctx.addIssue({ code: 'custom', message: (err as Error).message });
       return z.NEVER;
@@ -155,15 +158,19 @@ export function configSchema(baseDir: string) {
       message: 'a rule needs hosts and/or ip_ranges',
     })
     .transform(
-      (r): Rule & { patterns: number; cidrs: number } => {
-        const cidrs = r.ip_ranges.flat();
+      (r): Rule & { patterns: number; cidrs: number; fixed: Cidr[]; sources: RangeSource[] } => {
+        const fixed = r.ip_ranges.filter((e): e is Cidr[] => Array.isArray(e)).flat();
+        const sources = r.ip_ranges.filter((e): e is RangeSource => !Array.isArray(e));
         return {
           name: r.name,
           ports: new Set(r.ports),
           hosts: r.hosts.length ? new HostMatcher(r.hosts) : null,
-          ranges: cidrs.length ? new CidrSet(cidrs) : null,
+          // With sources, the range feeds replace this set as their lists change.
+          ranges: fixed.length || sources.length ? new CidrSet(fixed) : null,
           patterns: r.hosts.length,
-          cidrs: cidrs.length,
+          cidrs: fixed.length,
+          fixed,
+          sources,
         };
       },
     );
@@ -233,11 +240,40 @@ export function configSchema(baseDir: string) {
       })
       .prefault({}),
     keepalive: duration().prefault('30s'),
+    ranges: rangeFeeds(baseDir),
     audit: z
       .strictObject({ file: z.string().min(1).default('-'), on_error: z.enum(['deny', 'continue']).default('deny') })
       .prefault({})
       .transform((a) => ({ ...a, file: a.file === '-' || isAbsolute(a.file) ? a.file : resolve(baseDir, a.file) })),
   });
 }
+
+/** How `url:` and `dns:` range entries are kept current (src/ranges/feeds.ts). */
+function rangeFeeds(baseDir: string) {
+  const path = z.string().min(1).transform((p) => (isAbsolute(p) ? p : resolve(baseDir, p)));
+  return z
+    .strictObject({
+      cache_dir: path.optional(),
+      refresh: duration(100).prefault('1h'),
+      dns_refresh: duration(100).prefault('60s'),
+      timeout: duration(1).prefault('30s'),
+      max_shrink: z.number().min(0).max(1).default(0.5),
+      ca: path
+        .transform((p, ctx) => {
+          try {
+            const pem = readFileSync(p, 'utf8');
+            if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
+            return pem;
+          } catch (err) {
+            ctx.addIssue({ code: 'custom', message: `${p}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}` });
+            return z.NEVER;
+          }
+        })
+        .optional(),
+    })
+    .prefault({});
+}
+
+export type RangesConfig = z.output<ReturnType<typeof rangeFeeds>>;
 
 export type Config = z.output<ReturnType<typeof configSchema>>;

@@ -47,6 +47,11 @@ export class Resolver {
     return hit && hit.expires > Date.now() ? hit.addresses : undefined;
   }
 
+  /** When the cached answer for `name` expires (ms since the epoch), if there is one. */
+  expiresAt(name: string): number | undefined {
+    return this.cache.get(name)?.expires;
+  }
+
   /** Addresses for a canonical name (IPv4 first); throws EgressError('dns_failed'). */
   async resolve(name: string): Promise<readonly string[]> {
     const known = this.known(name);

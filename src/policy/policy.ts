@@ -12,6 +12,7 @@ export interface Rule {
   name: string;
   ports: ReadonlySet<number>;
   hosts: HostMatcher | null;
+  /** Replaced whole (one assignment) when a `url:`/`dns:` entry changes: see ranges/feeds.ts. */
   ranges: CidrSet | null;
 }
 
