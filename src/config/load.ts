@@ -85,6 +85,7 @@ export function summarize(c: Config): string {
   const rules = c.policy.rules;
   const patterns = rules.reduce((n, r) => n + r.patterns, 0);
   const cidrs = rules.reduce((n, r) => n + r.cidrs, 0);
+  const sources = rules.reduce((n, r) => n + r.sources.length, 0);
   const ports = [...new Set(rules.flatMap((r) => [...r.ports]))].sort((a, b) => a - b);
   const listeners =
     [
@@ -96,6 +97,6 @@ export function summarize(c: Config): string {
       .join(', ') || 'none';
   return (
     `${rules.length} rule${rules.length === 1 ? '' : 's'}, ${patterns} host pattern${patterns === 1 ? '' : 's'}, ` +
-    `${cidrs} CIDR${cidrs === 1 ? '' : 's'}, ports ${ports.join(',') || 'none'}; mode ${c.policy.mode}; listen ${listeners}`
+    `${cidrs} CIDR${cidrs === 1 ? '' : 's'}${sources ? ` + ${sources} url:/dns: source${sources === 1 ? '' : 's'}` : ''}, ports ${ports.join(',') || 'none'}; mode ${c.policy.mode}; listen ${listeners}`
   );
 }
