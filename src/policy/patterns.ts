@@ -109,6 +109,11 @@ export class HostMatcher {
     this.size = patterns.length;
   }
 
+  /** The plain names among the patterns (what `export --resolve` can look up). */
+  exactNames(): string[] {
+    return [...this.exact];
+  }
+
   matches(name: string): boolean {
     if (this.exact.has(name)) return true;
     for (const v of this.vendor) {

@@ -78,6 +78,11 @@ export class RangeFeeds {
     for (const e of this.entries) clearTimeout(e.timer);
   }
 
+  /** The ranges the `url:`/`dns:` entries of `rule` currently hold. */
+  cidrsOf(rule: string): Cidr[] {
+    return this.entries.filter((e) => e.rule.name === rule).flatMap((e) => e.current);
+  }
+
   status(): FeedStatus[] {
     return this.entries.map((e) => ({
       rule: e.rule.name,
