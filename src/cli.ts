@@ -3,11 +3,12 @@ import { readFileSync } from 'node:fs';
 import { fail, type Command } from './commands/command.js';
 import { configCheck } from './commands/config-check.js';
 import { exportCommand } from './commands/export.js';
+import { policySuggest } from './commands/policy-suggest.js';
 import { serve } from './commands/serve.js';
 
 /** argv → the command it names → run. One file per verb lives in commands/. */
 
-const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand];
+const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest];
 
 function mainHelp(): string {
   return `Usage: wa-egress <command> [options]
