@@ -31,12 +31,16 @@ const NAMES = [
   'rare.example.net',
 ];
 let echo: TestServer;
+let others: TestServer[] = [];
 let dir: string;
 let log: string;
-const dnsHosts = Object.fromEntries(NAMES.map((n) => [n, '127.0.0.1']));
+// Every name any gateway here is asked for, pinned (the last two are only asked of the enforcing one).
+const dnsHosts = Object.fromEntries([...NAMES, 'media-z.cdn.whatsapp.net', 'other.whatsapp.net'].map((n) => [n, '127.0.0.1']));
 
 beforeAll(async () => {
   echo = await startTcpServer('127.0.0.1');
+  // The same port on the loopback addresses used as IP-literal destinations.
+  others = await Promise.all(['127.0.0.7', '127.0.0.8', '127.0.0.9'].map((h) => startTcpServer(h, undefined, echo.port)));
   // A report-mode run: nothing is allowed by rule, everything goes through and is recorded.
   const g = await startGateway({
     policy: { mode: 'report', rules: [{ name: 'existing', hosts: ['graph.facebook.com'], ports: [1] }] },
@@ -58,7 +62,10 @@ beforeAll(async () => {
   log = join(dir, 'audit.log');
   expect(readFileSync(log, 'utf8')).toContain('"enforced":false');
 });
-afterAll(async () => echo.close());
+afterAll(async () => {
+  await echo.close();
+  for (const o of others) await o.close();
+});
 
 async function suggestCli(...args: string[]): Promise<string> {
   return (await run(process.execPath, [CLI, 'policy', 'suggest', ...args])).stdout;

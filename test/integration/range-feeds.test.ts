@@ -29,6 +29,7 @@ let dir: string;
 let ca: string;
 let key: string;
 let echo: TestServer;
+let others: TestServer[] = [];
 
 type Handler = (req: IncomingMessage, res: ServerResponse) => void;
 let handler: Handler;
@@ -51,13 +52,16 @@ beforeAll(async () => {
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
   base = `https://127.0.0.1:${(server.address() as AddressInfo).port}`;
-  echo = await startTcpServer('0.0.0.0');
+  echo = await startTcpServer('127.0.0.1');
+  // The same port on the other loopback addresses the lists name.
+  others = await Promise.all(['127.0.0.2', '127.0.0.3', '127.0.0.4'].map((h) => startTcpServer(h, undefined, echo.port)));
 });
 afterAll(async () => {
   if (!openssl) return;
   server.closeAllConnections();
   await new Promise((r) => server.close(r));
   await echo.close();
+  for (const o of others) await o.close();
 });
 
 let gateways: TestGateway[] = [];
