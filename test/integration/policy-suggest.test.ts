@@ -35,7 +35,11 @@ let others: TestServer[] = [];
 let dir: string;
 let log: string;
 // Every name any gateway here is asked for, pinned (the last two are only asked of the enforcing one).
-const dnsHosts = Object.fromEntries([...NAMES, 'media-z.cdn.whatsapp.net', 'other.whatsapp.net'].map((n) => [n, '127.0.0.1']));
+const dnsHosts: Record<string, string> = {
+  ...Object.fromEntries([...NAMES, 'media-z.cdn.whatsapp.net'].map((n) => [n, '127.0.0.1'])),
+  // Outside the learnt 127.0.0.0/24.
+  'other.whatsapp.net': '127.0.1.1',
+};
 
 beforeAll(async () => {
   echo = await startTcpServer('127.0.0.1');
