@@ -53,7 +53,7 @@ export function select(doc: unknown, selector: Selector): string[] {
     for (const v of values) {
       if (typeof v === 'string') out.push(v);
       else if (Array.isArray(v) && v.every((x) => typeof x === 'string')) out.push(...(v as string[]));
-      else throw new Error(`selector ${selector.text} reached a ${v === null ? 'null' : typeof v}, not a string`);
+      else throw new Error(`selector ${selector.text} reached a value that is not a string: ${JSON.stringify(v)?.slice(0, 80)}`);
     }
   }
   return out;
