@@ -32,6 +32,7 @@ export function fetchList(url: string, opts: FetchOptions): Promise<FetchResult>
     if (opts.validators?.etag) headers['if-none-match'] = opts.validators.etag;
     if (opts.validators?.lastModified) headers['if-modified-since'] = opts.validators.lastModified;
     const req = https.get(url, { headers, ca: opts.ca ? [...rootCertificates, opts.ca] : undefined, signal: opts.signal }, (res) => {
+      res.on('error', fail);
       const status = res.statusCode ?? 0;
       if (status === 304) {
         res.resume();

@@ -7,6 +7,7 @@ import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
+import { gzipSync } from 'node:zlib';
 import { strToU8, zipSync } from 'fflate';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
@@ -157,6 +158,14 @@ describe.skipIf(!openssl)('url: ranges', () => {
     ['an unparsable list', (_req, res) => void res.writeHead(200).end('127.0.0.2\nnot-a-cidr\n')],
     ['a redirect', (_req, res) => void res.writeHead(302, { location: 'https://elsewhere.invalid/' }).end()],
     ['no answer in time', () => {}],
+    [
+      'a connection cut mid-list',
+      (req, res) => {
+        res.writeHead(200, { 'content-length': '100' });
+        res.write('127.0.0.2\n127.0.');
+        setImmediate(() => req.socket.destroy());
+      },
+    ],
   ];
   for (const [what, failing] of failures) {
     it(`keeps the last good list on ${what}`, async () => {
@@ -191,6 +200,12 @@ describe.skipIf(!openssl)('url: ranges', () => {
     expect(await status(g, '127.0.0.2')).toBe(200);
     expect(await status(g, '127.0.0.3')).toBe(403);
     expect(ruleRanges(g).has('2001:db8::1')).toBe(true);
+  });
+
+  it('takes a gzip-encoded answer', async () => {
+    handler = (_req, res) => void res.writeHead(200, { 'content-encoding': 'gzip' }).end(gzipSync('127.0.0.2\n'));
+    const g = await gateway([`url:${base}/list.txt`]);
+    expect(await status(g, '127.0.0.2')).toBe(200);
   });
 
   it('reads a zip of text files', async () => {
