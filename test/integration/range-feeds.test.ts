@@ -173,7 +173,7 @@ describe.skipIf(!openssl)('url: ranges', () => {
       const ok: Handler = (_req, res) => void res.writeHead(200).end('127.0.0.2\n');
       handler = (req, res) => (good ? ok : failing)(req, res);
       const events = feedEvents();
-      const g = await gateway([`url:${base}/list.txt`], { timeout: '300ms' });
+      const g = await gateway([`url:${base}/list.txt`], { timeout: '1500ms' });
       expect(await status(g, '127.0.0.2')).toBe(200);
       good = false;
       const failed = await events.next((e) => e.result === 'failed');
