@@ -57,7 +57,7 @@ function header(m: ExportModel, what: string, load: string[]): string[] {
   for (const r of m.rules) {
     if (r.unresolved.length) lines.push(`rule ${r.name}: did not resolve: ${r.unresolved.join(', ')}`);
     if (r.hostPatterns) {
-      const hint = m.snapshot ? '' : '; --resolve adds a snapshot of the plain names';
+      const hint = m.snapshot || r.plainNames === 0 ? '' : '; --resolve adds a snapshot of the plain names';
       lines.push(`rule ${r.name}: ${r.hostPatterns} of its hosts not exported (firewalls match addresses${hint})`);
     }
     if (![4, 6].some((f) => hasEntries(r, f as Family))) lines.push(`rule ${r.name}: no addresses to export`);

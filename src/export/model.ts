@@ -27,6 +27,8 @@ export interface ExportRule {
   unresolved: string[];
   /** Entries of `hosts` left out: patterns, and plain names unless resolved. */
   hostPatterns: number;
+  /** Plain names among `hosts` (what `--resolve` looks up). */
+  plainNames: number;
 }
 
 export interface ExportModel {
@@ -67,5 +69,5 @@ export async function buildRule(rule: ConfigRule, dynamic: Cidr[], resolver: Res
   }
   const names = rule.hosts?.exactNames().length ?? 0;
   const hostPatterns = rule.patterns - (resolver ? names : 0);
-  return { name: rule.name, ports: [...rule.ports].sort((a, b) => a - b), v4, v6, resolved, unresolved, hostPatterns };
+  return { name: rule.name, ports: [...rule.ports].sort((a, b) => a - b), v4, v6, resolved, unresolved, hostPatterns, plainNames: names };
 }
