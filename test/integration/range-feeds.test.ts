@@ -331,6 +331,24 @@ describe.skipIf(!openssl)('config check', () => {
     expect(requests).toHaveLength(1);
   });
 
+  it('export includes the current list of url: and dns: entries, from the cache when there is one', async () => {
+    serveList(() => '127.0.0.2\n127.0.0.3\n');
+    const cacheDir = mkdtempSync(join(tmpdir(), 'wa-egress-cache-'));
+    const file = write({
+      listen: { proxy: '127.0.0.1:0' },
+      policy: { rules: [{ name: 'feed', ip_ranges: ['192.0.2.0/24', `url:${base}/list.txt`, 'dns:feed.test'], ports: [443] }] },
+      dns: { hosts: { 'feed.test': '198.51.100.1' } },
+      ranges: { ca, cache_dir: cacheDir },
+    });
+    const fetched = await run(process.execPath, [CLI, 'export', '--format', 'cidr', '--config', file]);
+    expect(fetched.stdout.split('\n').filter((l) => l && !l.startsWith('#'))).toEqual(['127.0.0.2/31', '192.0.2.0/24', '198.51.100.1/32']);
+    expect(fetched.stdout).toMatch(new RegExp(`# source: rule feed: url:${base}/list.txt: 2 ranges as of `));
+    expect(requests).toHaveLength(1);
+    const cached = await run(process.execPath, [CLI, 'export', '--format', 'cidr', '--config', file]);
+    expect(cached.stdout).toContain('127.0.0.2/31');
+    expect(requests).toHaveLength(1);
+  });
+
   it('--fetch fails on a list that does not validate', async () => {
     handler = (_req, res) => void res.writeHead(200).end('');
     const file = write({
