@@ -151,6 +151,11 @@ export class Gateway {
     this.self.add(a.address, a.port);
   }
 
+  /** Client connections open, per listener (metrics). */
+  *openConnections(): Iterable<[string, number]> {
+    for (const [name, server] of this.servers) yield [name, this.perServer.get(server) ?? 0];
+  }
+
   /** Bound address of a listener (tests use port 0). */
   address(name = 'proxy'): AddressInfo {
     const server = this.servers.get(name);
