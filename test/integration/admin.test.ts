@@ -147,11 +147,12 @@ describe('admin listener', () => {
 
     client.destroy();
     fwd.destroy();
-    const closed = await eventually(async () => {
-      const m = await p.metrics();
-      return m.get('wa_egress_tunnels_open{listener="proxy"}') === 0 && m.get('wa_egress_tunnels_open{listener="chat"}') === 0 ? m : undefined;
-    });
-    const after = await closed;
+    // Close records are written from 'close' events: poll the scrape until both tunnels are gone.
+    let after = await p.metrics();
+    for (let i = 0; i < 100 && (after.get('wa_egress_tunnels_open{listener="proxy"}') || after.get('wa_egress_tunnels_open{listener="chat"}')); i++) {
+      await new Promise((r) => setTimeout(r, 50));
+      after = await p.metrics();
+    }
     expect(after.get('wa_egress_tunnel_duration_seconds_count{listener="proxy"}')).toBe(1);
     expect(after.get('wa_egress_tunnel_duration_seconds_count{listener="chat"}')).toBe(1);
     expect(after.get('wa_egress_closed_total{listener="proxy",close_reason="client_closed"}')).toBe(1);
