@@ -10,6 +10,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { createAdminServer } from '../../src/ops/admin.js';
 import { startDns, type TestDns } from '../fixtures/dns-server.js';
+import { parseProm } from './prom.js';
 import { connectVia, eventually, RawClient, startGateway, startTcpServer, type TestServer } from '../helpers.js';
 
 /**
@@ -26,18 +27,6 @@ afterEach(async () => {
   for (const c of cleanup.reverse()) await c();
   cleanup = [];
 });
-
-/** `name{labels} value` lines of the exposition text, as a map from series to value. */
-export function parseProm(text: string): Map<string, number> {
-  const out = new Map<string, number>();
-  for (const line of text.split('\n')) {
-    if (!line || line.startsWith('#')) continue;
-    const m = /^([a-zA-Z_:][\w:]*(?:\{.*\})?) (\S+)$/.exec(line);
-    if (!m) throw new Error(`not a Prometheus sample line: ${line}`);
-    out.set(m[1]!, Number(m[2]));
-  }
-  return out;
-}
 
 async function curl(url: string, ...args: string[]): Promise<{ status: number; body: string }> {
   const { stdout } = await run('curl', ['-q', '-s', '-S', '-w', '\n%{http_code}', ...args, url], { env: { PATH: process.env.PATH } });
