@@ -42,11 +42,11 @@ export function createAdminServer(opts: AdminOptions): http.Server {
   server.maxConnections = MAX_CONNECTIONS;
   server.maxRequestsPerSocket = 100;
   server.timeout = IDLE_TIMEOUT_MS;
+  // Malformed, slow (408) and oversized (431) heads get Node's own answers.
   // Without a listener Node would drop a CONNECT silently: it gets its 405.
   server.on('connect', (_req: IncomingMessage, socket: Socket) => {
     socket.end('HTTP/1.1 405 Method Not Allowed\r\nAllow: GET\r\nContent-Length: 0\r\nConnection: close\r\n\r\n', () => socket.destroy());
   });
-  server.on('clientError', (_err, socket: Socket) => socket.destroy());
   return server;
 }
 
