@@ -67,7 +67,7 @@ export class Admission {
     const c = socket as Counted;
     c[kAdmission] = this;
     c[kClient] = client;
-    socket.once('close', onClose);
+    socket.on('close', onClose); // not once(): its wrapper would be a closure kept as long as the tunnel
     if (!evict) return undefined;
     if (l.max_handshakes > 0) {
       while (this.pending.size >= l.max_handshakes) {
