@@ -206,6 +206,8 @@ export class Metrics {
         this.set(gw.audit.writable ? 1 : 0);
       },
     });
+    // The configuration in force: from configChannel, starting from a load published before this registry existed.
+    let inForce: ConfigEvent | undefined = configInForce();
     const loads = new Counter({
       name: 'wa_egress_config_loads_total',
       help: 'Configuration loads (start and reloads), by result: ok, invalid (refused by validation), error',
@@ -220,8 +222,7 @@ export class Metrics {
       registers,
       collect() {
         this.reset();
-        const c = configInForce();
-        if (c?.hash) this.set({ hash: c.hash }, 1);
+        if (inForce?.hash) this.set({ hash: inForce.hash }, 1);
       },
     });
     new Gauge({
@@ -229,8 +230,7 @@ export class Metrics {
       help: 'When the configuration in force was loaded (Unix time)',
       registers,
       collect() {
-        const c = configInForce();
-        if (c?.loadedAt) this.set(c.loadedAt);
+        if (inForce?.loadedAt) this.set(inForce.loadedAt);
       },
     });
 
@@ -268,6 +268,7 @@ export class Metrics {
     });
     this.on(configChannel.name, (m) => {
       const e = m as ConfigEvent;
+      if (e.result === 'ok') inForce = e;
       loads.inc({ result: e.result === 'ok' || e.result === 'invalid' || e.result === 'error' ? e.result : OTHER });
     });
   }

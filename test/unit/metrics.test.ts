@@ -49,6 +49,13 @@ describe('metrics labels', () => {
       expect(p.get('wa_egress_audit_records_waiting')).toBe(2);
       expect(p.get('wa_egress_audit_waiting_bytes')).toBe(300);
       expect(p.get('wa_egress_audit_records_dropped_total')).toBe(1);
+      // A reload's ok event replaces the configuration in force.
+      configChannel.publish({ result: 'ok', hash: 'ab12', loadedAt: 1700000000.5 });
+      const q = parseProm(await m.text());
+      expect(q.get('wa_egress_config_info{hash="ab12"}')).toBe(1);
+      expect([...q.keys()].filter((k) => k.startsWith('wa_egress_config_info'))).toHaveLength(1);
+      expect(q.get('wa_egress_config_loaded_timestamp_seconds')).toBe(1700000000.5);
+      expect(q.get('wa_egress_config_loads_total{result="ok"}')).toBe(1);
       for (const k of p.keys()) expect(k).not.toMatch(/evil|10\.0\.0\.1|made_up|nope|weird/);
     } finally {
       m.close();
