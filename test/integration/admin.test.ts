@@ -82,10 +82,13 @@ async function startProcess(echo: TestServer, dns: TestDns): Promise<Proc> {
   return p;
 }
 
-function sum(m: Map<string, number>, prefix: string): number {
-  let n = 0;
-  for (const [k, v] of m) if (k.startsWith(prefix)) n += v;
-  return n;
+/** Poll an asynchronous condition (a hang guard, not a timing assertion). */
+async function until(fn: () => Promise<boolean>, ms = 5000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 20));
+  }
 }
 
 describe('admin listener', () => {
@@ -138,10 +141,10 @@ describe('admin listener', () => {
     fwd.destroy();
     // Close records are written from 'close' events: poll the scrape until both tunnels are gone.
     let after = await p.metrics();
-    for (let i = 0; i < 100 && (after.get('wa_egress_tunnels_open{listener="proxy"}') || after.get('wa_egress_tunnels_open{listener="chat"}')); i++) {
-      await new Promise((r) => setTimeout(r, 50));
+    await until(async () => {
       after = await p.metrics();
-    }
+      return after.get('wa_egress_tunnels_open{listener="proxy"}') === 0 && after.get('wa_egress_tunnels_open{listener="chat"}') === 0;
+    });
     expect(after.get('wa_egress_tunnel_duration_seconds_count{listener="proxy"}')).toBe(1);
     expect(after.get('wa_egress_tunnel_duration_seconds_count{listener="chat"}')).toBe(1);
     expect(after.get('wa_egress_closed_total{listener="proxy",close_reason="client_closed"}')).toBe(1);
@@ -182,6 +185,23 @@ describe('admin listener', () => {
     big.write(`GET /healthz HTTP/1.1\r\nX-Big: ${'a'.repeat(8000)}\r\n\r\n`);
     await big.waitClosed();
     expect(big.text).toMatch(/^HTTP\/1\.1 431 /);
+  });
+
+  it('holds at most 64 connections; once they go, it answers again', async () => {
+    const server = createAdminServer({ metrics: { text: async () => 'x 1\n', contentType: 'text/plain' }, ready: () => true });
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    cleanup.push(() => new Promise<void>((r) => (server.closeAllConnections(), server.close(() => r()))));
+    const port = (server.address() as AddressInfo).port;
+    const held = await Promise.all(Array.from({ length: 64 }, () => RawClient.connect(port)));
+    const connections = () => new Promise<number>((r) => server.getConnections((_e, n) => r(n)));
+    await until(async () => (await connections()) === 64);
+    const over = await RawClient.connect(port);
+    over.write('GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n');
+    await over.waitClosed();
+    expect(over.data.length).toBe(0);
+    for (const h of held) h.destroy();
+    await until(async () => (await connections()) === 0);
+    expect((await curl(`http://127.0.0.1:${port}/healthz`)).status).toBe(200);
   });
 
   it('is one of the gateway’s own addresses: the proxy will not reach it', async () => {
