@@ -2,9 +2,9 @@ import net, { type Socket } from 'node:net';
 import { formatClient, type Attempt } from '../audit.js';
 import { openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError, type Reason } from '../errors.js';
-import { acceptAttempt, auditRefusal, lingerClose, type Admission, type Refusal } from './admission.js';
 import { bigIntToV6, numberToV4, v6ToBigInt } from '../net/ip.js';
 import { normalizeHost, type Target } from '../policy/hostport.js';
+import { acceptAttempt, auditRefusal, lingerClose, type Admission, type Refusal } from './admission.js';
 
 /**
  * SOCKS5 listener (RFC 1928, CONNECT only). Names are resolved by the proxy
