@@ -29,7 +29,10 @@ const EAGAIN_MS = 5;
 export class AuditFile {
   private fd: number;
   private waiting: string[] = [];
-  private waitingBytes = 0;
+  /** Counters for metrics: lines written, and lines and bytes (UTF-16 units) waiting. */
+  written = 0;
+  waitingLines = 0;
+  waitingBytes = 0;
   private batch: NodeJS.Timeout | undefined;
   private readonly onBatch = () => {
     this.batch = undefined;
@@ -60,6 +63,7 @@ export class AuditFile {
     }
     this.waiting.push(line);
     this.waitingBytes += line.length;
+    this.waitingLines++;
     // While failing, or waiting out a full pipe, the retry timer writes them.
     if (this.failing || this.retry) return true;
     if (this.waitingBytes >= BATCH_BYTES) this.flush();
@@ -92,6 +96,10 @@ export class AuditFile {
       const rest = batch.subarray(n).toString();
       this.waiting = rest ? [rest] : [];
       this.waitingBytes = rest.length;
+      // Every line ends in a newline: a line cut short is still waiting.
+      const left = rest ? rest.split('\n').length - 1 : 0;
+      this.written += this.waitingLines - left;
+      this.waitingLines = left;
     }
     if (this.failing) {
       this.failing = false;

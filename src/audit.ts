@@ -1,6 +1,7 @@
 import pino, { type Logger } from 'pino';
 import { AuditFile } from './audit-file.js';
 import type { Reason } from './errors.js';
+import { auditChannel } from './events.js';
 
 /**
  * The audit log: one JSON line per decision and one per close, with stable
@@ -65,6 +66,12 @@ function isoTime(): string {
   return lastTime;
 }
 
+/** Every record object, before it is written, to auditChannel (metrics count decisions from it). */
+function publish(this: Logger, args: Parameters<Logger['info']>, method: (...a: typeof args) => void): void {
+  if (auditChannel.hasSubscribers && typeof args[0] === 'object') auditChannel.publish(args[0]);
+  method.apply(this, args);
+}
+
 export class Audit {
   private readonly out: AuditFile;
   private readonly log: Logger;
@@ -81,7 +88,7 @@ export class Audit {
       onRecover: () => log?.info('audit log writable again'),
       onDrop: () => log?.error({ dropped: ++this.dropped }, 'audit record dropped: too many records waiting'),
     });
-    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) } }, this.out);
+    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) }, hooks: { logMethod: publish } }, this.out);
   }
 
   /** False while the destination fails to take writes; records wait in memory. */
@@ -108,6 +115,11 @@ export class Audit {
 
   closed(a: Attempt, f: Closed): void {
     this.log.info({ event: 'egress.closed', ...a, ...f });
+  }
+
+  /** Records written, waiting (lines and bytes) and dropped, for metrics. */
+  stats(): { written: number; waitingLines: number; waitingBytes: number; dropped: number } {
+    return { written: this.out.written, waitingLines: this.out.waitingLines, waitingBytes: this.out.waitingBytes, dropped: this.dropped };
   }
 
   /** Write everything waiting, now (tests, a crash). */

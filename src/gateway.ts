@@ -5,6 +5,8 @@ import { Audit, formatClient } from './audit.js';
 import type { Config, ListenAddress } from './config/schema.js';
 import { decisionContext } from './decide.js';
 import type { EgressContext } from './egress.js';
+import { connectionChannel, type ConnectionEvent } from './events.js';
+import { Admission } from './inbound/admission.js';
 import { createForwardServer } from './inbound/forward.js';
 import { createHttpProxy } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
@@ -29,6 +31,8 @@ export class Gateway {
   /** Each listener's own count of client sockets, for the shared budget. */
   private readonly perServer = new Map<net.Server, number>();
   readonly fdLimit = readFdLimit();
+  /** `limits:` over all listeners; reads the configuration in force on each accept. */
+  readonly admission = new Admission(() => this.config.limits);
   private ctx: EgressContext;
   /** Keeps the rules' `url:`/`dns:` ranges current; a reload starts the new config's and stops these. */
   feeds: RangeFeeds;
@@ -50,17 +54,19 @@ export class Gateway {
     const ctx = () => gw.ctx;
     const nextId = () => gw.nextId();
     const handshakeTimeoutMs = config.timeouts.handshake;
+    const { admission } = gw;
     const { proxy, socks, forwards } = config.listen;
     try {
       await gw.feeds.start();
       if (proxy) {
-        await gw.listen('proxy', createHttpProxy(ctx, { name: 'proxy', handshakeTimeoutMs, nextId }), proxy);
+        const maxHeadBytes = config.limits.max_head_bytes;
+        await gw.listen('proxy', createHttpProxy(ctx, { name: 'proxy', handshakeTimeoutMs, nextId, admission, maxHeadBytes }), proxy);
       }
       if (socks) {
-        await gw.listen('socks', createSocksServer(ctx, { name: 'socks', handshakeTimeoutMs, nextId }), socks);
+        await gw.listen('socks', createSocksServer(ctx, { name: 'socks', handshakeTimeoutMs, nextId, admission }), socks);
       }
       for (const f of forwards) {
-        await gw.listen(f.name, createForwardServer(ctx, { name: f.name, to: f.to, nextId }), f.listen);
+        await gw.listen(f.name, createForwardServer(ctx, { name: f.name, to: f.to, nextId, admission }), f.listen);
       }
     } catch (err) {
       await gw.close();
@@ -117,14 +123,18 @@ export class Gateway {
     };
     const sockets = this.sockets;
     // One function for every socket of this listener: idle tunnels keep no closure.
+    const opened: ConnectionEvent = { listener: name, open: true };
+    const closed: ConnectionEvent = { listener: name, open: false };
     function onClose(this: net.Socket) {
       sockets.delete(this);
       count(-1);
+      if (connectionChannel.hasSubscribers) connectionChannel.publish(closed);
     }
     server.on('connection', (s: net.Socket) => {
       sockets.add(s);
       count(+1);
       s.on('close', onClose);
+      if (connectionChannel.hasSubscribers) connectionChannel.publish(opened);
     });
     server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => {
       const proto = name === 'proxy' ? 'http' : name === 'socks' ? 'socks' : 'tcp';
@@ -134,6 +144,21 @@ export class Gateway {
       );
     });
     count(0);
+  }
+
+  /** Listening and not closing (the admin listener's /readyz; draining comes with the drain). */
+  get listening(): boolean {
+    return this.closing === undefined && this.servers.size > 0 && [...this.servers.values()].every((s) => s.listening);
+  }
+
+  /** A socket of this process that does not proxy (the admin listener): a destination there is a loop. */
+  addOwnAddress(a: AddressInfo): void {
+    this.self.add(a.address, a.port);
+  }
+
+  /** Client connections open, per listener (metrics). */
+  *openConnections(): Iterable<[string, number]> {
+    for (const [name, server] of this.servers) yield [name, this.perServer.get(server) ?? 0];
   }
 
   /** Bound address of a listener (tests use port 0). */

@@ -1,8 +1,10 @@
 import { parseArgs } from 'node:util';
-import { DEFAULT_CONFIG, loadConfigFile, summarize } from '../config/load.js';
+import { DEFAULT_CONFIG, summarize } from '../config/load.js';
 import { ConfigError } from '../errors.js';
 import { Gateway } from '../gateway.js';
 import { createLogger } from '../log.js';
+import { startAdmin, type Admin } from '../ops/admin.js';
+import { loadConfig, publishConfigLoad, type LoadedConfig } from '../ops/config-load.js';
 import type { Command } from './command.js';
 
 const help = `Usage: wa-egress serve [--config FILE]
@@ -23,17 +25,27 @@ async function run(args: string[]): Promise<void> {
   if (values.help) return void process.stdout.write(help);
   const log = createLogger();
   const file = values.config ?? DEFAULT_CONFIG;
-  let config;
+  let loaded: LoadedConfig;
   try {
-    config = loadConfigFile(file);
+    loaded = loadConfig(file);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     for (const issue of err.issues) log.error({ ...issue }, 'config error');
     process.stderr.write(`wa-egress: invalid configuration:\n${err.message}\n`);
     process.exit(1);
   }
-  log.info({ config: file, summary: summarize(config) }, 'configuration loaded');
+  const { config } = loaded;
+  log.info({ config: file, summary: summarize(config), hash: loaded.hash }, 'configuration loaded');
   const gw = await Gateway.start(config, log);
+  let admin: Admin | undefined;
+  if (config.listen.admin) {
+    admin = await startAdmin(gw, config.listen.admin, () => gw.listening, log).catch(async (err: Error) => {
+      await gw.close();
+      throw new Error(`listen.admin ${config.listen.admin!.text}: ${err.message}`);
+    });
+    gw.addOwnAddress(admin.address());
+  }
+  publishConfigLoad('ok', loaded);
   if (gw.fdLimit) {
     log.info({ fd_soft: gw.fdLimit.soft, fd_hard: gw.fdLimit.hard, max_client_connections: gw.fdLimit.clientBudget }, 'open-file limit');
   }
@@ -44,7 +56,10 @@ async function run(args: string[]): Promise<void> {
     stopping = true;
     log.info({ signal }, 'stopping');
     gw.close().then(
-      () => process.exit(0),
+      async () => {
+        await admin?.close();
+        process.exit(0);
+      },
       (err) => {
         log.error({ err }, 'error while stopping');
         process.exit(1);

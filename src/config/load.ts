@@ -92,6 +92,7 @@ export function summarize(c: Config): string {
       c.listen.proxy && `proxy ${c.listen.proxy.text}`,
       c.listen.socks && `socks ${c.listen.socks.text}`,
       ...c.listen.forwards.map((f) => `${f.name} ${f.listen.text}`),
+      c.listen.admin && `admin ${c.listen.admin.text}`,
     ]
       .filter(Boolean)
       .join(', ') || 'none';

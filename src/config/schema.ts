@@ -58,6 +58,9 @@ const listenAddress = z.string().transform((v, ctx) => {
   return a ?? z.NEVER;
 });
 
+/** A limit: a whole number, 0 = none. */
+const count = z.number().int('must be a whole number').min(0, 'must be 0 (no limit) or more');
+
 const port = z.number().int().min(1, 'ports are 1-65535').max(65535, 'ports are 1-65535');
 
 const cidr = z.string().transform((v, ctx) => {
@@ -98,7 +101,7 @@ const forward = z.strictObject({
   to: forwardTarget,
 });
 
-type Listeners = { proxy?: ListenAddress; socks?: ListenAddress; forwards: { name: string; listen: ListenAddress }[] };
+type Listeners = { proxy?: ListenAddress; socks?: ListenAddress; admin?: ListenAddress; forwards: { name: string; listen: ListenAddress }[] };
 
 /** At least one listener; no two on the same address; unique listener names. */
 function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
@@ -106,7 +109,10 @@ function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
   if (l.proxy) all.push({ path: ['proxy'], name: 'proxy', at: l.proxy });
   if (l.socks) all.push({ path: ['socks'], name: 'socks', at: l.socks });
   l.forwards.forEach((f, i) => all.push({ path: ['forwards', i, 'listen'], name: f.name, at: f.listen }));
-  if (all.length === 0) {
+  const proxying = all.length;
+  // The admin listener never proxies: it does not count as one, but may not share an address.
+  if (l.admin) all.push({ path: ['admin'], name: 'admin', at: l.admin });
+  if (proxying === 0) {
     ctx.addIssue({ code: 'custom', message: 'at least one listener is needed (listen.proxy, listen.socks or listen.forwards)' });
   }
   const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
@@ -117,7 +123,7 @@ function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
       }
     }
   });
-  const names = new Set(['proxy', 'socks']);
+  const names = new Set(['proxy', 'socks', 'admin']);
   l.forwards.forEach((f, i) => {
     if (names.has(f.name)) ctx.addIssue({ code: 'custom', path: ['forwards', i, 'name'], message: `duplicate listener name "${f.name}"` });
     names.add(f.name);
@@ -207,6 +213,7 @@ export function configSchema(baseDir: string) {
       .strictObject({
         proxy: listenAddress.optional(),
         socks: listenAddress.optional(),
+        admin: listenAddress.optional(),
         forwards: z.array(forward).default([]),
       })
       .superRefine(checkListeners),
@@ -241,6 +248,14 @@ export function configSchema(baseDir: string) {
       .prefault({}),
     keepalive: duration().prefault('30s'),
     ranges: rangeFeeds(baseDir),
+    limits: z
+      .strictObject({
+        max_connections: count.default(0),
+        max_connections_per_client: count.default(0),
+        max_handshakes: count.default(1000),
+        max_head_bytes: z.number().int().min(1024, 'must be at least 1024').max(1024 * 1024, 'must be at most 1048576').default(16384),
+      })
+      .prefault({}),
     audit: z
       .strictObject({ file: z.string().min(1).default('-'), on_error: z.enum(['deny', 'continue']).default('deny') })
       .prefault({})

@@ -9,7 +9,12 @@
  * of the two read it.
  */
 
-/** Node's default `maxHeaderSize`: a longer head is Node's to refuse. */
+/**
+ * The default `limits.max_head_bytes` (Node's `maxHeaderSize`). A head of
+ * more bytes than the limit is Node's to refuse (431): Node counts only the
+ * target and the header names and values, so a whole head within the limit
+ * is always within Node's.
+ */
 const MAX_HEAD = 16 * 1024;
 const PREFIX = Buffer.from('CONNECT ');
 const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._:[\]-]{1,1024}) HTTP\/1\.[01]$/;
@@ -25,10 +30,10 @@ export interface ConnectHead {
   length: number;
 }
 
-export function readConnectHead(buf: Buffer): ConnectHead | null {
+export function readConnectHead(buf: Buffer, maxHead = MAX_HEAD): ConnectHead | null {
   if (buf.length < PREFIX.length + 14 || buf.compare(PREFIX, 0, PREFIX.length, 0, PREFIX.length) !== 0) return null;
   const end = buf.indexOf('\r\n\r\n');
-  if (end < 0 || end + 4 > MAX_HEAD) return null;
+  if (end < 0 || end + 4 > maxHead) return null;
   const lines = buf.toString('latin1', 0, end).split('\r\n');
   const m = REQUEST_LINE.exec(lines[0]!);
   if (!m) return null;

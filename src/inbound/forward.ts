@@ -2,6 +2,7 @@ import net, { type Socket } from 'node:net';
 import { formatClient, type Attempt } from '../audit.js';
 import { destroySocket, openEgress, startTunnel, type EgressContext } from '../egress.js';
 import type { Target } from '../policy/hostport.js';
+import { auditRefusal, type Admission } from './admission.js';
 
 /**
  * A raw TCP forward listener: every accepted connection is an attempt to
@@ -13,6 +14,8 @@ export interface ForwardListenerOptions {
   name: string;
   to: Target;
   nextId: () => string;
+  /** Connection limits (admission.ts); a refused connection is closed. No handshake: nothing to wait for. */
+  admission?: Admission;
 }
 
 export function createForwardServer(ctx: () => EgressContext, opts: ForwardListenerOptions): net.Server {
@@ -29,6 +32,11 @@ export function createForwardServer(ctx: () => EgressContext, opts: ForwardListe
       dest_port: opts.to.port,
     };
     const c = ctx();
+    const refused = opts.admission?.enter(socket);
+    if (refused) {
+      auditRefusal(c.audit, attempt, refused);
+      return void socket.destroy();
+    }
     openEgress(c, attempt, opts.to).then(
       (result) => {
         if (!result.ok) socket.destroy();

@@ -4,6 +4,7 @@ import { formatClient, type Attempt } from '../audit.js';
 import { destroySocket, openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError, httpStatus, type Reason } from '../errors.js';
 import { parseAbsoluteUrl, parseHostPort, type Target } from '../policy/hostport.js';
+import { acceptAttempt, auditRefusal, httpRefusal, lingerClose, type Admission, type Refusal } from './admission.js';
 import { readConnectHead } from './connect-head.js';
 import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
 
@@ -22,6 +23,10 @@ export interface HttpListenerOptions {
   name: string;
   handshakeTimeoutMs: number;
   nextId: () => string;
+  /** Connection limits (admission.ts); without it, only the descriptor budget applies. */
+  admission?: Admission;
+  /** `limits.max_head_bytes`: Node's `maxHeaderSize`, and the CONNECT fast path's bound. */
+  maxHeadBytes?: number;
 }
 
 interface Conn {
@@ -55,6 +60,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     keepAliveTimeout: 60_000,
     requireHostHeader: false,
     noDelay: true,
+    maxHeaderSize: opts.maxHeadBytes,
   });
   server.timeout = 0;
 
@@ -120,7 +126,8 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
       socket.destroy();
       return;
     }
-    const reason: Reason = err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'handshake_timeout' : 'bad_request';
+    const reason: Reason =
+      err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'handshake_timeout' : err.code === 'HPE_HEADER_OVERFLOW' ? 'head_too_large' : 'bad_request';
     const current = conns.get(socket)?.current;
     if (current && !current.req.complete) {
       // The parser failed inside the body of a request a handler already
@@ -146,12 +153,32 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   // server is only handed connections, so it is told once here.
   server.emit('listening');
 
+  // A request head Node has parsed ends the connection's handshake (admission.ts).
+  const admission = opts.admission;
+  if (admission) {
+    const done = (req: IncomingMessage) => admission.handshakeDone(req.socket);
+    server.prependListener('request', done).prependListener('connect', done);
+  }
+
   const front = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
     socket.on('error', destroySocket);
+    if (admission) {
+      const refuse = (r: Refusal, evicted: boolean) => {
+        const conn = conns.get(socket);
+        auditRefusal(ctx().audit, acceptAttempt(socket, conn?.id ?? opts.nextId(), opts.name, 'http'), r);
+        // Handed to Node's parser: it owns the reads, so close once answered.
+        if (conn) return closeWith(socket, httpRefusal(r));
+        if (evicted) stop();
+        lingerClose(socket, httpRefusal(r));
+      };
+      const refused = admission.enter(socket, (r) => refuse(r, true));
+      if (refused) return refuse(refused, false);
+    }
     const onFirst = (data: Buffer) => {
       stop();
-      const head = readConnectHead(data);
+      const head = readConnectHead(data, opts.maxHeadBytes);
       if (!head) return void handOff(socket, data);
+      admission?.handshakeDone(socket);
       // Bytes that come while the upstream is dialled wait in the socket.
       socket.pause();
       const attempt: Attempt = { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), listener: opts.name, proto: 'connect' };

@@ -4,6 +4,7 @@ import { openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError, type Reason } from '../errors.js';
 import { bigIntToV6, numberToV4, v6ToBigInt } from '../net/ip.js';
 import { normalizeHost, type Target } from '../policy/hostport.js';
+import { acceptAttempt, auditRefusal, lingerClose, type Admission, type Refusal } from './admission.js';
 
 /**
  * SOCKS5 listener (RFC 1928, CONNECT only). Names are resolved by the proxy
@@ -18,6 +19,8 @@ export interface SocksListenerOptions {
   nextId: () => string;
   /** RFC 1929 check; without it only "no authentication" is offered. */
   authenticate?: (username: string, password: string) => boolean;
+  /** Connection limits (admission.ts); without it, only the descriptor budget applies. */
+  admission?: Admission;
 }
 
 const VERSION = 5;
@@ -70,6 +73,17 @@ class SocksError extends EgressError {
 
 export function createSocksServer(ctx: () => EgressContext, opts: SocksListenerOptions): net.Server {
   const server = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
+    if (opts.admission) {
+      let h: Handshake | undefined;
+      const refused = opts.admission.enter(socket, (r) => h?.drop(r));
+      if (refused) {
+        auditRefusal(ctx().audit, acceptAttempt(socket, opts.nextId(), opts.name, 'socks'), refused);
+        // "No authentication", then the general failure the client reads as the reply to its request.
+        return lingerClose(socket, Buffer.concat([Buffer.from([VERSION, METHOD_NONE]), failure(REPLY.general_failure)]));
+      }
+      h = new Handshake(ctx(), opts, socket);
+      return;
+    }
     new Handshake(ctx(), opts, socket);
   });
   return server;
@@ -206,6 +220,7 @@ class Handshake {
       throw new SocksError(`${name} is not supported`, failure(REPLY.command_not_supported));
     }
     this.state = 'dialling';
+    this.opts.admission?.handshakeDone(this.socket);
     clearTimeout(this.timer);
     this.socket.removeListener('data', this.onData);
     this.socket.pause();
@@ -230,6 +245,11 @@ class Handshake {
     // The tunnel takes the socket over; the handshake is not kept alive by it.
     this.socket.removeListener('error', this.onError).removeListener('close', this.onClose).removeListener('end', this.onEnd);
     startTunnel(this.ctx, this.attempt, this.socket, result, head);
+  }
+
+  /** Dropped by admission (a newer connection needs the handshake slot). */
+  drop(r: Refusal): void {
+    this.refuse(r.reason, r.detail, failure(REPLY.general_failure));
   }
 
   /** Audit a refused handshake, answer if there is an answer, and close. */

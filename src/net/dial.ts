@@ -1,5 +1,6 @@
 import { connect, type Socket } from 'node:net';
 import { EgressError } from '../errors.js';
+import { dialChannel } from '../events.js';
 import { keepAliveSoon } from './keepalive.js';
 
 /**
@@ -22,6 +23,20 @@ export interface Dialled {
 }
 
 export async function dial(addresses: readonly string[], port: number, opts: DialOptions): Promise<Dialled> {
+  if (!dialChannel.hasSubscribers) return dialAll(addresses, port, opts);
+  const t0 = performance.now();
+  const done = (ok: boolean) => dialChannel.publish({ ms: performance.now() - t0, ok });
+  try {
+    const d = await dialAll(addresses, port, opts);
+    done(true);
+    return d;
+  } catch (err) {
+    done(false);
+    throw err;
+  }
+}
+
+async function dialAll(addresses: readonly string[], port: number, opts: DialOptions): Promise<Dialled> {
   const deadline = Date.now() + opts.timeoutMs;
   let last: EgressError | undefined;
   for (let i = 0; i < addresses.length; i++) {

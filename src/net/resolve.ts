@@ -1,5 +1,6 @@
 import { promises as dns } from 'node:dns';
 import { EgressError } from '../errors.js';
+import { dnsChannel } from '../events.js';
 
 /**
  * Name resolution with static overrides. Answers are canonical IP strings;
@@ -60,6 +61,7 @@ export class Resolver {
     if (!query) {
       query = withTimeout(this.dns ? this.query(this.dns, name) : this.system(name), this.timeoutMs, name);
       this.pending.set(name, query);
+      if (dnsChannel.hasSubscribers) timeQuery(query);
       void query.finally(() => this.pending.delete(name)).catch(() => {});
     }
     let addresses: readonly string[];
@@ -93,6 +95,16 @@ export class Resolver {
     const answers = await dns.lookup(name, { all: true, order: 'ipv4first' });
     return answers.map((a) => a.address);
   }
+}
+
+/** Publish a real query's duration and outcome (not static or cached answers, not waiters on a shared query). */
+function timeQuery(query: Promise<unknown>): void {
+  const t0 = performance.now();
+  const done = (ok: boolean) => dnsChannel.publish({ ms: performance.now() - t0, ok });
+  query.then(
+    () => done(true),
+    () => done(false),
+  );
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, name: string): Promise<T> {

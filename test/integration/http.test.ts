@@ -846,11 +846,6 @@ describe('malformed requests: 400 bad_request', () => {
     ['garbage', () => '\x00\x01 junk\r\n\r\n', null],
     ['invalid method', () => `G{T http://g.whatsapp.net:${P()}/ HTTP/1.1\r\n\r\n`, null],
     [
-      'head larger than 16 KiB',
-      () => `GET http://g.whatsapp.net:${P()}/ HTTP/1.1\r\nX-Big: ${'a'.repeat(17 * 1024)}\r\n\r\n`,
-      { host: 'g.whatsapp.net', port: -1 },
-    ],
-    [
       'Content-Length with Transfer-Encoding: chunked',
       () => `POST http://g.whatsapp.net:${P()}/ HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n`,
       { host: 'g.whatsapp.net', port: -1 },
@@ -902,6 +897,22 @@ describe('malformed requests: 400 bad_request', () => {
       expect(origin.connections).toBe(before);
     });
   }
+
+  it('a head larger than limits.max_head_bytes (16 KiB): 431 head_too_large, one record, no dial', async () => {
+    const g = await gateway();
+    const before = origin.connections;
+    const c = await raw(g.port);
+    c.write(`GET http://g.whatsapp.net:${P()}/ HTTP/1.1\r\nX-Big: ${'a'.repeat(17 * 1024)}\r\n\r\n`);
+    const res = await readResponse(c);
+    expect(res.status).toBe(431);
+    expect(res.headers['x-wa-egress-reason']).toBe('head_too_large');
+    await eventually(() => c.ended || c.closed);
+    const recs = await eventually(() => g.audit().length >= 1 && g.audit());
+    expect(recs).toHaveLength(1);
+    expectDenied(recs[0], { client: clientOf(c), reason: 'head_too_large' });
+    expect(recs[0]!.dest_host).toBe('g.whatsapp.net');
+    expect(origin.connections).toBe(before);
+  });
 
   it('a malformed request after a good one on a keep-alive connection', async () => {
     const g = await gateway();

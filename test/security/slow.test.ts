@@ -68,6 +68,8 @@ describe('slowloris', () => {
       policy: { rules: [{ name: 'wa', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
       dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
       timeouts: { handshake: '4s', connect: '2s', dns: '500ms' },
+      // All 1,200 are to be held until their timeout (past max_handshakes the oldest would be dropped).
+      limits: { max_handshakes: 2000 },
     });
     cleanup.push(() => gw.close());
     const socksPort = gw.gw.address('socks').port;
