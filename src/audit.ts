@@ -35,6 +35,9 @@ export type CloseReason =
   | 'upstream_closed'
   | 'client_error'
   | 'upstream_error'
+  /** That leg's peer stopped answering (ETIMEDOUT: keepalive probes or TCP_USER_TIMEOUT gave up). */
+  | 'client_timeout'
+  | 'upstream_timeout'
   | 'idle_timeout'
   | 'shutdown'
   | 'done';

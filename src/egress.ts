@@ -3,6 +3,7 @@ import type { Attempt, Audit } from './audit.js';
 import { decide, type DecisionContext } from './decide.js';
 import { EgressError, type Reason } from './errors.js';
 import { dial } from './net/dial.js';
+import type { KeepAlive } from './net/keepalive.js';
 import type { Target } from './policy/hostport.js';
 import { Tunnel } from './tunnel.js';
 
@@ -16,7 +17,7 @@ export interface EgressContext extends DecisionContext {
   audit: Audit;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
-  keepAliveMs: number;
+  keepAlive: KeepAlive;
   /** Open tunnels, so shutdown (and later drain) can reach them. */
   tunnels: Set<Tunnel>;
   /** Set at shutdown: a tunnel whose dial finishes after that is cut at once. */
@@ -63,7 +64,7 @@ async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promi
     return { ok: false, reason: d.reason };
   }
   try {
-    const { socket, address } = await dial(d.addresses, target.port, { timeoutMs: ctx.connectTimeoutMs, keepAliveMs: ctx.keepAliveMs });
+    const { socket, address } = await dial(d.addresses, target.port, { timeoutMs: ctx.connectTimeoutMs, keepAlive: ctx.keepAlive });
     ctx.audit.allowed(attempt, { rule: d.rule, dest_ip: address });
     return { ok: true, upstream: socket, destIp: address, rule: d.rule };
   } catch (err) {
@@ -75,7 +76,7 @@ async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promi
 
 /** Join client and upstream; the tunnel is tracked in `ctx.tunnels` and audits its own close. */
 export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, open: EgressOpen, head?: Buffer): Tunnel {
-  const opts = { idleMs: ctx.idleTimeoutMs, keepAliveMs: ctx.keepAliveMs, destIp: open.destIp, head };
+  const opts = { idleMs: ctx.idleTimeoutMs, keepAlive: ctx.keepAlive, destIp: open.destIp, head };
   // The tunnel handles the client's errors from now on (one listener less to keep).
   client.removeListener('error', destroySocket);
   const tunnel = new Tunnel(client, open.upstream, opts, ctx, attempt);

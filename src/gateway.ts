@@ -2,7 +2,7 @@ import { randomBytes } from 'node:crypto';
 import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Audit, formatClient } from './audit.js';
-import type { Config, ListenAddress } from './config/schema.js';
+import { keepAliveSettings, type Config, type ListenAddress } from './config/schema.js';
 import { decisionContext } from './decide.js';
 import type { EgressContext } from './egress.js';
 import { connectionChannel, type ConnectionEvent } from './events.js';
@@ -81,7 +81,7 @@ export class Gateway {
       audit: this.audit,
       connectTimeoutMs: config.timeouts.connect,
       idleTimeoutMs: config.timeouts.idle,
-      keepAliveMs: config.keepalive,
+      keepAlive: keepAliveSettings(config),
       tunnels: this.tunnels,
       stopped: false,
       inflight: 0,

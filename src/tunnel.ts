@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Attempt, Audit, CloseReason } from './audit.js';
-import { keepAliveSoon } from './net/keepalive.js';
+import { keepAliveSoon, type KeepAlive } from './net/keepalive.js';
 import { useOnRead } from './net/onread.js';
 
 /**
@@ -26,7 +26,7 @@ import { useOnRead } from './net/onread.js';
 
 export interface TunnelOptions {
   idleMs: number;
-  keepAliveMs: number;
+  keepAlive: KeepAlive;
   /** The upstream's address, for the close record. */
   destIp: string;
   /** Bytes the client sent after its request head, forwarded first. */
@@ -63,7 +63,7 @@ export class Tunnel {
     this.destIp = opts.destIp;
     // The upstream has keepalive from the dial; no-delay is set on both at
     // connect/accept and cached, so this costs no system call.
-    keepAliveSoon(client, opts.keepAliveMs);
+    keepAliveSoon(client, opts.keepAlive);
     for (const s of [client, upstream]) {
       s.allowHalfOpen = true;
       s.setNoDelay(true);
@@ -235,11 +235,13 @@ function onUpstreamEnd(this: Leg): void {
   const t = this[kTunnel];
   t.ended('upstream_closed', t.client);
 }
-function onClientError(this: Leg): void {
-  this[kTunnel].destroy('client_error');
+// ETIMEDOUT on an established leg: keepalive probes or TCP_USER_TIMEOUT
+// gave up, the peer stopped answering.
+function onClientError(this: Leg, err: NodeJS.ErrnoException): void {
+  this[kTunnel].destroy(err.code === 'ETIMEDOUT' ? 'client_timeout' : 'client_error');
 }
-function onUpstreamError(this: Leg): void {
-  this[kTunnel].destroy('upstream_error');
+function onUpstreamError(this: Leg, err: NodeJS.ErrnoException): void {
+  this[kTunnel].destroy(err.code === 'ETIMEDOUT' ? 'upstream_timeout' : 'upstream_error');
 }
 function onClientClose(this: Leg): void {
   this[kTunnel].closed(this, 'client_closed');

@@ -1,6 +1,8 @@
 import { parseArgs } from 'node:util';
 import { loadConfigFile, summarize } from '../config/load.js';
+import { keepAliveSettings } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
+import { keepAliveWarning } from '../net/keepalive.js';
 import { fetchSources } from '../ranges/check.js';
 import { fail, type Command } from './command.js';
 
@@ -31,6 +33,8 @@ async function run(args: string[]): Promise<void> {
       if (failed) fail(`${failed} range source${failed === 1 ? '' : 's'} failed`);
     }
     process.stdout.write(`${positionals[0]}: OK: ${summarize(config)}\n`);
+    const warning = keepAliveWarning(keepAliveSettings(config));
+    if (warning) process.stderr.write(`warning: ${warning}\n`);
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     process.stderr.write(`${err.message}\n`);

@@ -1,8 +1,11 @@
 import { parseArgs } from 'node:util';
 import { DEFAULT_CONFIG, summarize } from '../config/load.js';
+import { keepAliveSettings } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { Gateway } from '../gateway.js';
 import { createLogger } from '../log.js';
+import { keepaliveMode } from '../native/sockopt.js';
+import { describeKeepAlive, keepAliveWarning } from '../net/keepalive.js';
 import { startAdmin, type Admin } from '../ops/admin.js';
 import { loadConfig, publishConfigLoad, type LoadedConfig } from '../ops/config-load.js';
 import type { Command } from './command.js';
@@ -36,6 +39,10 @@ async function run(args: string[]): Promise<void> {
   }
   const { config } = loaded;
   log.info({ config: file, summary: summarize(config), hash: loaded.hash }, 'configuration loaded');
+  const keepAlive = keepAliveSettings(config);
+  log.info({ keepalive_mode: keepaliveMode() }, describeKeepAlive(keepAlive));
+  const warning = keepAliveWarning(keepAlive);
+  if (warning) log.warn({ keepalive_mode: 'node' }, warning);
   const gw = await Gateway.start(config, log);
   let admin: Admin | undefined;
   if (config.listen.admin) {

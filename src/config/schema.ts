@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs';
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { CidrSet, canonicalIp, parseCidr, type Cidr } from '../net/ip.js';
+import type { KeepAlive } from '../net/keepalive.js';
 import { normalizeHost, parseHostPort } from '../policy/hostport.js';
 import { compilePattern, HostMatcher } from '../policy/patterns.js';
 import type { Rule } from '../policy/policy.js';
@@ -35,6 +36,55 @@ const duration = (min = 0) =>
     }
     return ms;
   });
+
+// ---------------------------------------------------------------- keepalive
+
+/**
+ * TCP keepalive and TCP_USER_TIMEOUT values. The kernel counts keepalive in
+ * whole seconds, and Node turns anything under a second into "unset" (the
+ * kernel's two hours), so sub-second values are errors rather than surprises.
+ */
+const KEEPALIVE_MAX_S = 32767;
+const seconds = (opts: { off?: boolean; whole?: boolean; maxMs?: number }) =>
+  duration().superRefine((ms, ctx) => {
+    if (opts.off && ms === 0) return;
+    const off = opts.off ? ' (or 0: off)' : '';
+    if (ms < 1000) ctx.addIssue({ code: 'custom', message: `must be at least 1s${off}: the kernel counts these in seconds, got ${ms} ms` });
+    else if (opts.whole && ms % 1000 !== 0) ctx.addIssue({ code: 'custom', message: `must be whole seconds (the kernel counts them in seconds), got ${ms} ms` });
+    else if (opts.maxMs !== undefined && ms > opts.maxMs) ctx.addIssue({ code: 'custom', message: `must be at most ${opts.maxMs / 1000}s` });
+  });
+
+/** Chosen to ride out a minute-long outage (failover, NAT refresh) and still find a dead peer in 90 s. */
+export const KEEPALIVE_DEFAULTS = { idle: 30_000, interval: 10_000, count: 6 } as const;
+
+const keepaliveIdle = seconds({ off: true, maxMs: KEEPALIVE_MAX_S * 1000 });
+const keepaliveObject = z.strictObject({
+  idle: keepaliveIdle.prefault(KEEPALIVE_DEFAULTS.idle),
+  interval: seconds({ whole: true, maxMs: KEEPALIVE_MAX_S * 1000 }).prefault(KEEPALIVE_DEFAULTS.interval),
+  count: z
+    .number({ error: 'expected a whole number of probes' })
+    .int('must be a whole number')
+    .min(1, 'must be at least 1')
+    .max(127, "must be at most 127 (the kernel's limit)")
+    .default(KEEPALIVE_DEFAULTS.count),
+});
+/** `keepalive: 30s` (idle, with the default interval and count) or `{idle, interval, count}`. */
+const keepalive = z.unknown().transform((v, ctx): z.output<typeof keepaliveObject> => {
+  const plain = typeof v === 'string' || typeof v === 'number';
+  if (!plain && (typeof v !== 'object' || v === null || Array.isArray(v))) {
+    ctx.addIssue({ code: 'custom', message: `expected a duration such as 30s, or {idle, interval, count}, got ${JSON.stringify(v)}` });
+    return z.NEVER;
+  }
+  const r = plain ? keepaliveIdle.safeParse(v) : keepaliveObject.safeParse(v);
+  if (r.success) return typeof r.data === 'number' ? { ...KEEPALIVE_DEFAULTS, idle: r.data } : r.data;
+  for (const issue of r.error.issues) ctx.addIssue(issue as Parameters<typeof ctx.addIssue>[0] & object);
+  return z.NEVER;
+});
+
+/** The settings the keepalive sweep applies to both legs of every tunnel. */
+export function keepAliveSettings(c: Config): KeepAlive {
+  return { idleMs: c.keepalive.idle, intervalMs: c.keepalive.interval, count: c.keepalive.count, userTimeoutMs: c.timeouts.user_timeout };
+}
 
 export interface ListenAddress {
   host: string;
@@ -244,9 +294,10 @@ export function configSchema(baseDir: string) {
         idle: duration().prefault(0),
         handshake: duration(1).prefault('10s'),
         dns: duration(1).prefault('5s'),
+        user_timeout: seconds({ off: true, maxMs: 2_147_483_647 }).prefault(0),
       })
       .prefault({}),
-    keepalive: duration().prefault('30s'),
+    keepalive: keepalive.prefault('30s'),
     ranges: rangeFeeds(baseDir),
     limits: z
       .strictObject({

@@ -1,7 +1,7 @@
 import { connect, type Socket } from 'node:net';
 import { EgressError } from '../errors.js';
 import { dialChannel } from '../events.js';
-import { keepAliveSoon } from './keepalive.js';
+import { keepAliveSoon, type KeepAlive } from './keepalive.js';
 
 /**
  * Dial checked addresses, in order, until one connects. Only IP literals
@@ -13,7 +13,7 @@ import { keepAliveSoon } from './keepalive.js';
 
 export interface DialOptions {
   timeoutMs: number;
-  keepAliveMs: number;
+  keepAlive: KeepAlive;
 }
 
 export interface Dialled {
@@ -43,7 +43,7 @@ async function dialAll(addresses: readonly string[], port: number, opts: DialOpt
     const left = deadline - Date.now();
     if (left <= 0) break;
     try {
-      return await attempt(addresses[i]!, port, Math.ceil(left / (addresses.length - i)), opts.keepAliveMs);
+      return await attempt(addresses[i]!, port, Math.ceil(left / (addresses.length - i)), opts.keepAlive);
     } catch (err) {
       last = err as EgressError;
     }
@@ -51,7 +51,7 @@ async function dialAll(addresses: readonly string[], port: number, opts: DialOpt
   throw last ?? new EgressError('connect_timeout', `connect timeout after ${opts.timeoutMs} ms`);
 }
 
-function attempt(ip: string, port: number, timeoutMs: number, keepAliveMs: number): Promise<Dialled> {
+function attempt(ip: string, port: number, timeoutMs: number, keepAlive: KeepAlive): Promise<Dialled> {
   return new Promise((resolve, reject) => {
     const socket = connect({ host: ip, port, allowHalfOpen: true, noDelay: true });
     const timer = setTimeout(() => {
@@ -67,7 +67,7 @@ function attempt(ip: string, port: number, timeoutMs: number, keepAliveMs: numbe
     socket.once('connect', () => {
       clearTimeout(timer);
       socket.removeListener('error', onError);
-      keepAliveSoon(socket, keepAliveMs);
+      keepAliveSoon(socket, keepAlive);
       resolve({ socket, address: ip });
     });
   });

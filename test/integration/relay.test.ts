@@ -259,7 +259,7 @@ describe('tunnel data path without onread slots', () => {
     const records: unknown[] = [];
     const owner = { tunnels: new Set<InstanceType<typeof Tunnel>>(), audit: { closed: (_a: unknown, c: unknown) => records.push(c) } };
     const attempt = { id: 't', client: 'c', listener: 'l', proto: 'connect' as const };
-    owner.tunnels.add(new Tunnel(a, b, { idleMs: 0, keepAliveMs: 0, destIp: '127.0.0.1' }, owner, attempt));
+    owner.tunnels.add(new Tunnel(a, b, { idleMs: 0, keepAlive: { idleMs: 0, intervalMs: 0, count: 0, userTimeoutMs: 0 }, destIp: '127.0.0.1' }, owner, attempt));
     upstreamSide.on('end', () => upstreamSide.end());
     upstreamSide.pipe(upstreamSide, { end: false });
     const total = 8 * 1024 * 1024;

@@ -228,11 +228,11 @@ describe('parseConfig: durations', () => {
 
   it('all duration keys, with defaults', () => {
     const c = parseConfig(withRule('timeouts:', '  connect: 5m', '  handshake: 250', '  dns: 1h', 'keepalive: 0'), file);
-    expect(c.timeouts).toEqual({ connect: 300_000, idle: 0, handshake: 250, dns: 3_600_000 });
-    expect(c.keepalive).toBe(0);
+    expect(c.timeouts).toEqual({ connect: 300_000, idle: 0, handshake: 250, dns: 3_600_000, user_timeout: 0 });
+    expect(c.keepalive.idle).toBe(0);
     const d = parseConfig(withRule(), file);
-    expect(d.timeouts).toEqual({ connect: 10_000, idle: 0, handshake: 10_000, dns: 5_000 });
-    expect(d.keepalive).toBe(30_000);
+    expect(d.timeouts).toEqual({ connect: 10_000, idle: 0, handshake: 10_000, dns: 5_000, user_timeout: 0 });
+    expect(d.keepalive).toEqual({ idle: 30_000, interval: 10_000, count: 6 });
   });
 
   it.each([
@@ -562,7 +562,7 @@ describe('config/default.yaml', () => {
     expect(c.audit.file).toBe('-');
     expect(c.policy.mode).toBe('enforce');
     expect(c.timeouts.idle).toBe(0);
-    expect(c.keepalive).toBe(30_000);
+    expect(c.keepalive.idle).toBe(30_000);
     expect(c.policy.allow_ranges.empty).toBe(true);
     expect(summarize(c)).toBe('2 rules, 13 host patterns, 229 CIDRs, ports 443,5222; mode enforce; listen proxy 0.0.0.0:3128');
   });
