@@ -104,9 +104,11 @@ export function keepAliveWarning(ka: KeepAlive, mode = keepaliveMode()): string 
   if (mode === 'native' || (ka.idleMs <= 0 && ka.userTimeoutMs <= 0)) return undefined;
   const parts = [`native socket options unavailable (${nativeUnavailableReason() ?? 'the addon is not loaded'})`];
   if (ka.idleMs > 0) {
+    const node = silentPeerDropMs(ka, 'node');
+    const wanted = silentPeerDropMs(ka, 'native');
     parts.push(
       `falling back to Node's keepalive, ${NODE_COUNT} probes ${secs(NODE_INTERVAL_MS)} apart: a silent peer is dropped after ` +
-        `${secs(silentPeerDropMs(ka, 'node'))}, not ${secs(silentPeerDropMs(ka, 'native'))} (keepalive.interval and keepalive.count are not applied)`,
+        `${secs(node)}${node === wanted ? '' : `, not ${secs(wanted)}`} (keepalive.interval and keepalive.count are not applied)`,
     );
   }
   if (ka.userTimeoutMs > 0) parts.push('timeouts.user_timeout is not applied');
