@@ -164,7 +164,7 @@ beforeAll(() => {
 afterEach(() => {
   for (const p of procs) p.kill();
   procs = [];
-  if (!why) sh('ip', 'netns', 'exec', ns.server, 'iptables', '-w', '-F');
+  if (!why) for (const n of [ns.server, ns.client]) sh('ip', 'netns', 'exec', n, 'iptables', '-w', '-F');
 });
 
 afterAll(() => {
@@ -175,11 +175,11 @@ afterAll(() => {
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
-/** Every packet between gateway and server is lost (in the server's namespace), or flows again. */
-function blackhole(on: boolean): void {
-  if (!on) return void must('ip', 'netns', 'exec', ns.server, 'iptables', '-w', '-F');
-  must('ip', 'netns', 'exec', ns.server, 'iptables', '-w', '-A', 'INPUT', '-j', 'DROP');
-  must('ip', 'netns', 'exec', ns.server, 'iptables', '-w', '-A', 'OUTPUT', '-j', 'DROP');
+/** Every packet between the gateway and the server (or the client) is lost, in that peer's namespace; or flows again. */
+function blackhole(on: boolean, peer = ns.server): void {
+  if (!on) return void must('ip', 'netns', 'exec', peer, 'iptables', '-w', '-F');
+  must('ip', 'netns', 'exec', peer, 'iptables', '-w', '-A', 'INPUT', '-j', 'DROP');
+  must('ip', 'netns', 'exec', peer, 'iptables', '-w', '-A', 'OUTPUT', '-j', 'DROP');
 }
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
@@ -220,19 +220,21 @@ async function roundTrip(client: Proc, text: string, ms = 10_000): Promise<void>
   await client.waitFor(new RegExp(`^DATA .*${text}`), ms, `echo of ${text}`);
 }
 
-/** The gateway's upstream socket has its keepalive timer (the sweep ran). */
+/** Both of the gateway's legs have their keepalive timer (the sweep ran). */
 async function keepaliveArmed(serverPort: number): Promise<void> {
+  let out = '';
   for (let i = 0; i < 100; i++) {
-    const { out } = sh('ip', 'netns', 'exec', ns.gateway, 'ss', '-tnoH', 'state', 'established', 'dst', `${SERVER_IP}:${serverPort}`);
-    if (out.includes('timer:(keepalive')) return;
+    out = sh('ip', 'netns', 'exec', ns.gateway, 'ss', '-tnoH', 'state', 'established').out;
+    const legs = out.split('\n').filter((l) => l.includes('timer:(keepalive'));
+    if (legs.some((l) => l.includes(`${SERVER_IP}:${serverPort}`)) && legs.some((l) => l.includes(CLIENT_IP))) return;
     await sleep(100);
   }
-  throw new Error('keepalive never switched on for the upstream leg');
+  throw new Error(`keepalive never switched on for both legs:\n${out}`);
 }
 
-function closeRecord(auditFile: string): Promise<Record<string, unknown>> {
+function closeRecord(auditFile: string, ms = 5000): Promise<Record<string, unknown>> {
   return (async () => {
-    for (let i = 0; i < 250; i++) {
+    for (const end = Date.now() + ms; Date.now() < end; ) {
       if (existsSync(auditFile)) {
         const rec = readFileSync(auditFile, 'utf8')
           .split('\n')
@@ -241,9 +243,9 @@ function closeRecord(auditFile: string): Promise<Record<string, unknown>> {
           .find((r) => r.event === 'egress.closed');
         if (rec) return rec;
       }
-      await sleep(20);
+      await sleep(50);
     }
-    throw new Error(`no egress.closed record in ${auditFile}`);
+    throw new Error(`no egress.closed record in ${auditFile} within ${ms} ms`);
   })();
 }
 
@@ -292,6 +294,19 @@ describe.skipIf(!!why)('keepalive through a network blip (network namespaces)', 
       await client.waitFor(/^CLOSED/, BLIP_MS, 'the tunnel closed during the blip');
       blackhole(false);
       expect(await closeRecord(auditFile)).toMatchObject({ event: 'egress.closed', close_reason: 'upstream_timeout' });
+    },
+    60_000,
+  );
+
+  it(
+    'a client that goes silent: the tunnel closes with client_timeout',
+    async () => {
+      const { client, auditFile, serverPort } = await start('client-gone', {});
+      await roundTrip(client, 'hello');
+      await keepaliveArmed(serverPort);
+      await roundTrip(client, 'last-words');
+      blackhole(true, ns.client);
+      expect(await closeRecord(auditFile, DROP_GUARD_MS)).toMatchObject({ event: 'egress.closed', close_reason: 'client_timeout' });
     },
     60_000,
   );
