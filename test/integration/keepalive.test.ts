@@ -121,6 +121,30 @@ describe.skipIf(!native && !required)('native socket options', () => {
   });
 });
 
+describe('a leg that times out', () => {
+  // What the kernel reports when keepalive or TCP_USER_TIMEOUT gives up on a
+  // peer; test/long/keepalive-blip.test.ts makes a real one in namespaces.
+  it.each([
+    ['upstream', 'upstream_timeout'],
+    ['client', 'client_timeout'],
+  ] as const)('ETIMEDOUT on the %s leg closes the tunnel with %s', async (leg, reason) => {
+    const echo = await startTcpServer();
+    const gw = await startGateway({
+      policy: { rules: [{ name: 'chat', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+    });
+    cleanup.push(() => echo.close(), () => gw.close());
+    const client = await RawClient.connect(gw.port);
+    cleanup.push(async () => client.destroy());
+    client.write(`CONNECT g.whatsapp.net:${echo.port} HTTP/1.1\r\n\r\n`);
+    expect((await client.head()).status).toBe(200);
+    const tunnel = await eventually(() => [...gw.gw.tunnels][0] as Tunnel | undefined);
+    tunnel[leg].destroy(Object.assign(new Error('read ETIMEDOUT'), { code: 'ETIMEDOUT', errno: -110, syscall: 'read' }));
+    await client.waitClosed();
+    expect(await eventually(() => gw.audit().find((r) => r.event === 'egress.closed'))).toMatchObject({ close_reason: reason });
+  });
+});
+
 describe('without the addon (WA_EGRESS_NO_NATIVE=1)', () => {
   const env = { ...process.env, WA_EGRESS_NO_NATIVE: '1' };
   function configFile(extra: string): string {
