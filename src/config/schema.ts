@@ -294,7 +294,7 @@ export function configSchema(baseDir: string) {
         idle: duration().prefault(0),
         handshake: duration(1).prefault('10s'),
         dns: duration(1).prefault('5s'),
-        user_timeout: seconds({ off: true, maxMs: 2_147_483_647 }).prefault(0),
+        user_timeout: seconds({ off: true, maxMs: 2_147_483_000 }).prefault(0),
       })
       .prefault({}),
     keepalive: keepalive.prefault('30s'),
