@@ -1,4 +1,4 @@
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { mkdtempSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -162,6 +162,21 @@ describe('without the addon (WA_EGRESS_NO_NATIVE=1)', () => {
     expect(stderr).toMatch(/warning: native socket options unavailable \(WA_EGRESS_NO_NATIVE=1\)/);
     expect(stderr).toMatch(/10 probes 1 s apart: a silent peer is dropped after 40 s, not 80 s/);
     expect(stderr).toMatch(/timeouts\.user_timeout is not applied/);
+  });
+
+  it('serve logs one warning at start, and what a silent peer gets', async () => {
+    const child = spawn(process.execPath, [CLI, 'serve', '--config', configFile('keepalive: { idle: 2s, interval: 3s, count: 6 }\n')], { env, stdio: ['ignore', 'ignore', 'pipe'] });
+    cleanup.push(async () => void child.kill('SIGKILL'));
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    await eventually(() => err.includes('"msg":"listening"'), 10_000);
+    const lines = err.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string; keepalive_mode?: string });
+    const warnings = lines.filter((l) => l.level === 40);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]!.msg).toMatch(/^native socket options unavailable \(WA_EGRESS_NO_NATIVE=1\); falling back to Node's keepalive/);
+    expect(lines.find((l) => l.keepalive_mode === 'node' && l.level === 30)?.msg).toBe(
+      "a silent peer is dropped after 12 s (idle 2 s + 10 probes × 1 s: Node's keepalive)",
+    );
   });
 
   it('config check has nothing to warn about when keepalive is off', async () => {
