@@ -108,14 +108,14 @@ export interface SetTcpOptions {
   idleSec: number;
   intervalSec: number;
   count: number;
-  /** TCP_USER_TIMEOUT in ms; 0 = the kernel's behaviour. */
+  /** TCP_USER_TIMEOUT in ms; 0 leaves the kernel's behaviour (no system call). */
   userTimeoutMs: number;
 }
 
 /** Switch keepalive on with this timing and set TCP_USER_TIMEOUT; throws SockoptError. */
 export function setTcpOptions(socket: Socket, o: SetTcpOptions): void {
   const { a, fd } = need(socket);
-  call(() => a.setTcpOptions(fd, o.idleSec, o.intervalSec, o.count, o.userTimeoutMs));
+  call(() => a.setTcpOptions(fd, o.idleSec, o.intervalSec, o.count, o.userTimeoutMs > 0 ? o.userTimeoutMs : -1));
 }
 
 /** Read keepalive and user-timeout options back (tests, diagnostics); throws SockoptError. */
