@@ -6,7 +6,7 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
-import { getTcpOptions, keepaliveMode, nativeUnavailableReason, originalDestination, SockoptError } from '../../src/native/sockopt.js';
+import { getTcpOptions, keepaliveMode, nativeUnavailableReason, originalDestination, setTcpOptions, SockoptError } from '../../src/native/sockopt.js';
 import type { Tunnel } from '../../src/tunnel.js';
 import { eventually, RawClient, startGateway, startTcpServer } from '../helpers.js';
 
@@ -108,6 +108,23 @@ describe.skipIf(!native && !required)('native socket options', () => {
       accepted[0]!.destroy();
       await new Promise((r) => server.close(r));
     }
+  });
+
+  it('a value the kernel refuses is a SockoptError with the errno name', async () => {
+    const server = net.createServer();
+    await new Promise<void>((r) => server.listen(0, '127.0.0.1', () => r()));
+    const c = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+    await new Promise((r) => c.once('connect', r));
+    let err: unknown;
+    try {
+      setTcpOptions(c, { idleSec: 5, intervalSec: 5, count: 500, userTimeoutMs: 0 });
+    } catch (e) {
+      err = e;
+    }
+    expect(err).toBeInstanceOf(SockoptError);
+    expect(err).toMatchObject({ code: 'EINVAL', message: expect.stringMatching(/TCP_KEEPCNT/) });
+    c.destroy();
+    await new Promise((r) => server.close(r));
   });
 
   it('a socket without a descriptor is an ENOFD error, not a crash', () => {
