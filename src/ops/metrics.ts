@@ -16,6 +16,7 @@ import {
   type DnsEvent,
 } from '../events.js';
 import type { Admission } from '../inbound/admission.js';
+import { keepaliveMode } from '../native/sockopt.js';
 import type { Tunnel } from '../tunnel.js';
 import { configInForce } from './config-load.js';
 
@@ -204,6 +205,17 @@ export class Metrics {
       registers,
       collect() {
         this.set(gw.audit.writable ? 1 : 0);
+      },
+    });
+    new Gauge({
+      name: 'wa_egress_keepalive_mode',
+      help: "TCP keepalive in force, 1 for its mode: native (the addon sets keepalive interval, count and user_timeout) or node (Node's, probes 1 s apart, 10 of them)",
+      labelNames: ['mode'],
+      registers,
+      collect() {
+        const mode = keepaliveMode();
+        this.set({ mode }, 1);
+        this.set({ mode: mode === 'native' ? 'node' : 'native' }, 0);
       },
     });
     // The configuration in force: from configChannel, starting from a load published before this registry existed.

@@ -5,6 +5,10 @@ import { keepAliveSettings } from '../../src/config/schema.js';
 import { ConfigError, type ConfigIssue } from '../../src/errors.js';
 import { describeKeepAlive, keepAliveWarning, silentPeerDropMs, type KeepAlive } from '../../src/net/keepalive.js';
 import { getTcpOptions, keepaliveMode, nativeUnavailableReason } from '../../src/native/sockopt.js';
+import type { Audit } from '../../src/audit.js';
+import { Admission } from '../../src/inbound/admission.js';
+import { Metrics } from '../../src/ops/metrics.js';
+import { parseProm } from '../integration/prom.js';
 import { eventually } from '../helpers.js';
 
 /** `keepalive:` and `timeouts.user_timeout`: parsing, the arithmetic of the log line, the forced fallback. */
@@ -124,5 +128,21 @@ describe('the forced fallback (WA_EGRESS_NO_NATIVE=1)', () => {
     }
     socket.destroy();
     await new Promise((r) => server.close(r));
+  });
+});
+
+describe('/metrics', () => {
+  it('wa_egress_keepalive_mode says which keepalive is in force', async () => {
+    const config = parse('');
+    const audit = { stats: () => ({ written: 0, waitingLines: 0, waitingBytes: 0, dropped: 0 }), writable: true } as unknown as Audit;
+    const m = new Metrics({ config, tunnels: new Set(), audit, admission: new Admission(() => config.limits), openConnections: () => [] });
+    try {
+      const p = parseProm(await m.text());
+      const mode = keepaliveMode();
+      expect(p.get(`wa_egress_keepalive_mode{mode="${mode}"}`)).toBe(1);
+      expect(p.get(`wa_egress_keepalive_mode{mode="${mode === 'native' ? 'node' : 'native'}"}`)).toBe(0);
+    } finally {
+      m.close();
+    }
   });
 });
