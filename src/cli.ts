@@ -3,12 +3,14 @@ import { readFileSync } from 'node:fs';
 import { fail, type Command } from './commands/command.js';
 import { configCheck } from './commands/config-check.js';
 import { exportCommand } from './commands/export.js';
+import { policyExplain } from './commands/policy-explain.js';
 import { policySuggest } from './commands/policy-suggest.js';
+import { policyTest } from './commands/policy-test.js';
 import { serve } from './commands/serve.js';
 
 /** argv → the command it names → run. One file per verb lives in commands/. */
 
-const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest];
+const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest];
 
 function mainHelp(): string {
   return `Usage: wa-egress <command> [options]

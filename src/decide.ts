@@ -1,11 +1,11 @@
 import { EgressError, type Reason } from './errors.js';
-import { classify, type SpecialRange } from './net/classify.js';
+import { classify, type Classified, type SpecialRange } from './net/classify.js';
 import type { Config } from './config/schema.js';
 import type { CidrSet } from './net/ip.js';
 import { Resolver } from './net/resolve.js';
 import type { SelfAddresses } from './net/self.js';
 import type { Target } from './policy/hostport.js';
-import { Policy } from './policy/policy.js';
+import { Policy, type Rule } from './policy/policy.js';
 
 /**
  * The one decision path shared by every listener:
@@ -53,18 +53,57 @@ export type Decision =
     }
   | ({ verdict: 'deny' | 'fail'; addresses: readonly string[]; wouldDeny?: Denial } & Denial);
 
-export async function decide(ctx: DecisionContext, target: Target): Promise<Decision> {
+/**
+ * What decide() saw on its way, for `policy explain`: filled in only when a
+ * trace is passed, so the gateway's decisions pay one check per step.
+ */
+export interface DecisionTrace {
+  /** Names of the rules that list the port, in order. */
+  rules: string[];
+  /** The rule whose `hosts` matched the name, and the pattern as written. */
+  hostRule?: string;
+  hostPattern?: string;
+  /** How addresses were found: not needed, known without a query (dns.hosts or cache), queried, or failed. */
+  dns: 'none' | 'known' | 'query' | 'failed';
+  dnsError?: string;
+  /** Each address judged, in the order the answer gave them. */
+  addresses: AddressTrace[];
+}
+
+export interface AddressTrace {
+  ip: string;
+  /** The address the policy judged (the embedded IPv4 address, where there is one). */
+  effective: string;
+  range: SpecialRange | null;
+  verdict: 'allow' | 'loop' | 'special_range' | 'not_allowed';
+  rule?: string;
+  /** The `ip_ranges` entry that holds the address, when the rule matched by range. */
+  cidr?: string;
+  /** The `allow_ranges` entry that exempted a special address. */
+  allowRange?: string;
+}
+
+export function newTrace(): DecisionTrace {
+  return { rules: [], dns: 'none', addresses: [] };
+}
+
+export async function decide(ctx: DecisionContext, target: Target, trace?: DecisionTrace): Promise<Decision> {
   const rules = ctx.policy.rulesFor(target.port);
   const isIp = target.family !== undefined;
   const notAllowed: Reason = isIp ? 'ip_not_allowed' : 'host_not_allowed';
   const hostIndex = isIp || rules.length === 0 ? -1 : Policy.hostRuleIndex(rules, target.host);
   const hostRule = hostIndex >= 0 ? rules[hostIndex]!.name : undefined;
+  if (trace) {
+    trace.rules = rules.map((r) => r.name);
+    trace.hostRule = hostRule;
+    trace.hostPattern = hostIndex >= 0 ? rules[hostIndex]!.hosts!.matching(target.host) : undefined;
+  }
 
   // Deny before any DNS query when no rule could still allow the destination
   // (or when names no rule lists may not cause queries: a DNS side channel).
-  if (rules.length === 0) return policyDenial(ctx, target, { reason: 'port_not_allowed' }, null);
+  if (rules.length === 0) return policyDenial(ctx, target, { reason: 'port_not_allowed' }, null, undefined, trace);
   if (!isIp && hostIndex < 0 && (!ctx.resolveUnlisted || !Policy.hasRanges(rules))) {
-    return policyDenial(ctx, target, { reason: notAllowed }, null);
+    return policyDenial(ctx, target, { reason: notAllowed }, null, undefined, trace);
   }
 
   let resolved: readonly string[];
@@ -73,11 +112,14 @@ export async function decide(ctx: DecisionContext, target: Target): Promise<Deci
   } else {
     try {
       // Static hosts and cached answers need no await.
-      resolved = ctx.resolver.known(target.host) ?? (await ctx.resolver.resolve(target.host));
+      const known = ctx.resolver.known(target.host);
+      if (trace) trace.dns = known ? 'known' : 'query';
+      resolved = known ?? (await ctx.resolver.resolve(target.host));
     } catch (err) {
       if (!(err instanceof EgressError)) throw err;
+      if (trace) traceDnsFailure(trace, err);
       // A name no rule names does not get to learn that it fails to resolve.
-      if (hostIndex < 0) return policyDenial(ctx, target, { reason: notAllowed }, []);
+      if (hostIndex < 0) return policyDenial(ctx, target, { reason: notAllowed }, [], undefined, trace);
       return { verdict: 'fail', reason: 'dns_failed', rule: hostRule, addresses: [] };
     }
   }
@@ -92,21 +134,53 @@ export async function decide(ctx: DecisionContext, target: Target): Promise<Deci
     judged.push(c.effective);
     if (ctx.self.has(c.dial, target.port)) {
       loop = true;
+      if (trace) traceAddress(ctx, trace, ip, c, 'loop');
       continue;
     }
     const rule = Policy.ruleFor(rules, hostIndex, c.effective);
-    if (!rule) continue;
-    if (c.range !== null && !ctx.allowRanges.has(c.effective)) {
-      special ??= { reason: 'special_range', rule: rule.name, range: c.range };
+    if (!rule) {
+      if (trace) traceAddress(ctx, trace, ip, c, 'not_allowed');
       continue;
     }
+    const viaRange = hostIndex < 0 || rule !== rules[hostIndex];
+    if (c.range !== null && !ctx.allowRanges.has(c.effective)) {
+      special ??= { reason: 'special_range', rule: rule.name, range: c.range };
+      if (trace) traceAddress(ctx, trace, ip, c, 'special_range', rule, viaRange);
+      continue;
+    }
+    if (trace) traceAddress(ctx, trace, ip, c, 'allow', rule, viaRange);
     firstRule ??= rule.name;
     if (!allowed.includes(c.dial)) allowed.push(c.dial);
   }
   if (allowed.length) return { verdict: 'allow', rule: firstRule, addresses: allowed };
   // A loop is refused even in report mode: it could only hurt the proxy itself.
   if (loop) return { verdict: 'deny', reason: 'loop', addresses: judged };
-  return policyDenial(ctx, target, special ?? { reason: notAllowed }, resolved, judged);
+  return policyDenial(ctx, target, special ?? { reason: notAllowed }, resolved, judged, trace);
+}
+
+function traceAddress(
+  ctx: DecisionContext,
+  trace: DecisionTrace,
+  ip: string,
+  c: Classified,
+  verdict: AddressTrace['verdict'],
+  rule?: Rule,
+  viaRange = false,
+): void {
+  trace.addresses.push({
+    ip,
+    effective: c.effective,
+    range: c.range,
+    verdict,
+    rule: rule?.name,
+    cidr: viaRange ? rule?.ranges?.matching(c.effective) : undefined,
+    allowRange: c.range !== null && verdict === 'allow' ? ctx.allowRanges.matching(c.effective) : undefined,
+  });
+}
+
+function traceDnsFailure(trace: DecisionTrace, err: EgressError): void {
+  trace.dns = 'failed';
+  trace.dnsError = err.message;
 }
 
 /**
@@ -119,14 +193,17 @@ async function policyDenial(
   denial: Denial,
   resolved: readonly string[] | null,
   judged: readonly string[] = resolved ?? [],
+  trace?: DecisionTrace,
 ): Promise<Decision> {
   if (ctx.mode === 'enforce') return { verdict: 'deny', ...denial, addresses: judged };
   let addresses = resolved;
   if (addresses === null || addresses.length === 0) {
     try {
+      if (trace && target.family === undefined) trace.dns = ctx.resolver.known(target.host) ? 'known' : 'query';
       addresses = target.family !== undefined ? [target.host] : await ctx.resolver.resolve(target.host);
     } catch (err) {
       if (!(err instanceof EgressError)) throw err;
+      if (trace) traceDnsFailure(trace, err);
       return { verdict: 'fail', reason: 'dns_failed', addresses: [], wouldDeny: denial };
     }
   }

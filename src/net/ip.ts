@@ -181,9 +181,12 @@ export class CidrSet {
   private readonly v6 = new Intervals();
   /** How many ranges were added (before merging), for summaries. */
   readonly count: number;
+  /** The ranges as given, for `matching` (policy explain); lookups use the merged intervals. */
+  private readonly list: readonly Cidr[];
 
   constructor(cidrs: Iterable<Cidr>) {
     const list = [...cidrs];
+    this.list = list;
     this.count = list.length;
     this.v4.build(list.filter((c) => c.family === 4));
     this.v6.build(list.filter((c) => c.family === 6));
@@ -204,5 +207,14 @@ export class CidrSet {
     if (this.v6.size === 0) return false;
     const b = v6ToBigInt(ip);
     return b !== null && this.v6.hasBigInt(b);
+  }
+
+  /** The first range (as written) holding canonical `ip`, or undefined: for explaining a decision. */
+  matching(ip: string): string | undefined {
+    const n4 = v4ToNumber(ip);
+    const family: Family = n4 !== null ? 4 : 6;
+    const n = n4 !== null ? BigInt(n4) : v6ToBigInt(ip);
+    if (n === null) return undefined;
+    return this.list.find((c) => c.family === family && n >= c.start && n <= c.end)?.text;
   }
 }

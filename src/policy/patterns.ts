@@ -99,8 +99,11 @@ export class HostMatcher {
   private readonly vendor: { prefix: string; suffix: string; regex: RegExp }[] = [];
   private readonly globs: ((s: string) => boolean)[] = [];
   readonly size: number;
+  /** Kept for `matching` (policy explain); the hot path uses the indexes above. */
+  private readonly compiled: readonly CompiledPattern[];
 
   constructor(patterns: CompiledPattern[]) {
+    this.compiled = patterns;
     for (const p of patterns) {
       if (p.kind === 'exact') this.exact.add(p.name!);
       else if (p.kind === 'vendor') this.vendor.push({ prefix: p.prefix!, suffix: p.suffix!, regex: p.regex! });
@@ -124,5 +127,15 @@ export class HostMatcher {
       for (const g of this.globs) if (g(slashed)) return true;
     }
     return false;
+  }
+
+  /** The first pattern (as written) that matches the canonical name, or undefined: for explaining a decision. */
+  matching(name: string): string | undefined {
+    const slashed = name.replaceAll('.', '/');
+    for (const p of this.compiled) {
+      const hit = p.kind === 'exact' ? p.name === name : p.kind === 'vendor' ? p.regex!.test(name) : p.glob!(slashed);
+      if (hit) return p.source;
+    }
+    return undefined;
   }
 }
