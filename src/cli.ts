@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 import { readFileSync } from 'node:fs';
 import { fail, type Command } from './commands/command.js';
+import { auditReport } from './commands/audit-report.js';
+import { auditSummary } from './commands/audit-summary.js';
 import { configCheck } from './commands/config-check.js';
 import { exportCommand } from './commands/export.js';
 import { policyExplain } from './commands/policy-explain.js';
@@ -10,7 +12,7 @@ import { serve } from './commands/serve.js';
 
 /** argv → the command it names → run. One file per verb lives in commands/. */
 
-const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest];
+const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest, auditSummary, auditReport];
 
 function mainHelp(): string {
   return `Usage: wa-egress <command> [options]
