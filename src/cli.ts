@@ -3,6 +3,7 @@ import { readFileSync } from 'node:fs';
 import { fail, type Command } from './commands/command.js';
 import { auditReport } from './commands/audit-report.js';
 import { auditSummary } from './commands/audit-summary.js';
+import { checkNetworkCommand } from './commands/check-network.js';
 import { configCheck } from './commands/config-check.js';
 import { exportCommand } from './commands/export.js';
 import { policyExplain } from './commands/policy-explain.js';
@@ -12,7 +13,7 @@ import { serve } from './commands/serve.js';
 
 /** argv → the command it names → run. One file per verb lives in commands/. */
 
-const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest, auditSummary, auditReport];
+const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest, auditSummary, auditReport, checkNetworkCommand];
 
 function mainHelp(): string {
   return `Usage: wa-egress <command> [options]
