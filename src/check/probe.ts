@@ -212,7 +212,8 @@ export async function probe(host: string, port: number, opts: ProbeOptions): Pro
     return { ok: false, kind: err.kind, message: err.message, ...err.extra, ms: Date.now() - start };
   } finally {
     clearTimeout(timer);
-    for (const s of sockets) s.destroy();
+    // Outermost first: destroying a TCP socket under a live TLS socket crashes Node 20 (SIGSEGV).
+    for (const s of sockets.reverse()) s.destroy();
   }
 }
 

@@ -147,7 +147,7 @@ export async function checkNetwork(hosts: readonly CheckHost[], opts: CheckOptio
       results[p.key] = {
         result: 'skipped',
         short_description: `TCP ${p.port} to ${p.host} through the proxy`,
-        message: "not checked: the proxy is unreachable",
+        message: 'not checked: the proxy is unreachable',
         details: '',
         remediation: 'Fix the proxy check first.',
       };
