@@ -48,9 +48,13 @@ export class NoProxy {
     this.all = entries.includes('*');
     const cidrs: string[] = [];
     for (const e of entries) {
-      const m = /^(.*?)(?::(\d+))?$/.exec(e.replace(/^\[(.*)\](:\d+)?$/, '$1$2'))!;
+      // `[v6]:port`, a bare IPv6 address or CIDR (more than one colon), or `name[:port]`.
+      const m = e.startsWith('[') ? /^\[([^\]]+)\](?::(\d+))?$/.exec(e) : e.indexOf(':') !== e.lastIndexOf(':') ? [e, e] : /^(.*?)(?::(\d+))?$/.exec(e);
+      if (!m) continue;
       const name = m[1]!.toLowerCase().replace(/^\*?\./, '');
-      if (canonicalIp(name.split('/')[0]!)) cidrs.push(name);
+      const ip = canonicalIp(name.split('/')[0]!);
+      if (ip && m[2]) this.names.push({ suffix: ip.ip, port: Number(m[2]) });
+      else if (ip) cidrs.push(name);
       else if (name) this.names.push({ suffix: name.replace(/\.$/, ''), port: m[2] ? Number(m[2]) : undefined });
     }
     // An entry that is not a valid CIDR matches nothing (curl ignores it too).
