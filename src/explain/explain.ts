@@ -119,7 +119,7 @@ export async function explain(ex: Explainer, authority: string): Promise<Explana
     }),
   );
   const denial = d.verdict === 'allow' ? d.wouldDeny : d;
-  const rule = d.verdict === 'allow' ? d.rule : d.rule;
+  const rule = d.rule;
   const byName = rule !== undefined && rule === trace.hostRule;
   const deciding = trace.addresses.find((a) => a.rule === rule && (d.verdict === 'allow' ? a.verdict === 'allow' : a.verdict !== 'not_allowed'));
   return {
