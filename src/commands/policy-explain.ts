@@ -31,9 +31,9 @@ export const dnsOptions = {
 } as const;
 
 /** Load the explainer or exit 2 with the configuration's problems. */
-export function explainerOrExit(values: { config?: string; offline?: boolean; 'dns-hosts'?: string }, pins?: Pins): Explainer {
+export async function explainerOrExit(values: { config?: string; offline?: boolean; 'dns-hosts'?: string }, pins?: Pins): Promise<Explainer> {
   try {
-    return loadExplainer({ config: values.config, offline: values.offline, dnsHosts: values['dns-hosts'], pins });
+    return await loadExplainer({ config: values.config, offline: values.offline, dnsHosts: values['dns-hosts'], pins });
   } catch (err) {
     process.stderr.write(`wa-egress: ${err instanceof ConfigError ? `invalid configuration:\n${err.message}` : (err as Error).message}\n`);
     process.exit(2);
@@ -44,7 +44,7 @@ async function run(args: string[]): Promise<void> {
   const { values, positionals } = parseArgs({ args, allowPositionals: true, options: dnsOptions });
   if (values.help) return void process.stdout.write(help);
   if (positionals.length !== 1) fail('expected: policy explain HOST:PORT', help);
-  const ex = explainerOrExit(values);
+  const ex = await explainerOrExit(values);
   const e = await explain(ex, positionals[0]!);
   process.stdout.write(values.json ? `${JSON.stringify(e, null, 2)}\n` : formatExplanation(e));
   process.exitCode = e.verdict === 'allow' ? 0 : 1;

@@ -46,7 +46,7 @@ async function run(args: string[]): Promise<void> {
     process.exit(2);
   }
   // The file's dns lines pin answers too, over --dns-hosts (the file is more specific).
-  const ex = explainerOrExit(values, tests.pins);
+  const ex = await explainerOrExit(values, tests.pins);
 
   const results = [];
   for (const e of tests.expectations) {

@@ -4,6 +4,7 @@ import { decide, decisionContext, newTrace, type DecisionContext, type DecisionT
 import { EgressError, type Reason } from '../errors.js';
 import { Resolver } from '../net/resolve.js';
 import { SelfAddresses } from '../net/self.js';
+import { RangeFeeds } from '../ranges/feeds.js';
 import { formatAuthority, parseHostPort } from '../policy/hostport.js';
 import { readPins, type Pins } from './pins.js';
 
@@ -34,6 +35,15 @@ export interface Explainer {
   ctx: DecisionContext;
   config: Config;
   opts: ExplainOptions;
+  /** The rules' `url:`/`dns:` range entries and what they held when judged. */
+  feeds?: FeedState[];
+}
+
+export interface FeedState {
+  rule: string;
+  entry: string;
+  ranges: number;
+  error?: string;
 }
 
 /** The decision inputs of `config`, as the gateway builds them, with the DNS options applied. */
@@ -83,6 +93,8 @@ export interface Explanation {
   host_pattern?: string;
   dns: { needed: boolean; answer: 'none' | 'dns.hosts' | 'pinned' | 'resolver' | 'failed'; error?: string };
   addresses: AddressExplanation[];
+  /** The `url:`/`dns:` range entries of the rules for this port, as loaded. */
+  range_feeds?: FeedState[];
   /** A malformed destination: what is wrong with it. */
   error?: string;
 }
@@ -138,6 +150,7 @@ export async function explain(ex: Explainer, authority: string): Promise<Explana
     host_pattern: trace.hostPattern,
     dns: dnsAnswer(ex, target.host, trace),
     addresses,
+    range_feeds: ex.feeds?.filter((f) => trace.rules.includes(f.rule)),
   };
 }
 
@@ -176,6 +189,7 @@ export function formatExplanation(e: Explanation): string {
   row('port', e.rules_for_port.length ? `rules listing it: ${e.rules_for_port.join(', ')}` : 'no rule lists it');
   if (e.rules_for_port.length && !e.host_rule && !isIpLiteral(e.destination)) row('hosts', 'no rule for this port matches the name');
   row('dns', `${DNS_TEXT[e.dns.answer]}${e.dns.error ? `: ${e.dns.error}` : ''}`);
+  for (const f of e.range_feeds ?? []) row('ranges', `${f.rule}: ${f.entry}: ${f.error ? f.error : `${f.ranges} ranges`}`);
   if (e.addresses.length) {
     lines.push('  addresses:');
     const width = Math.max(...e.addresses.map((a) => a.address.length));
@@ -190,12 +204,25 @@ export function formatExplanation(e: Explanation): string {
   return `${lines.join('\n')}\n`;
 }
 
-/** The config file (default: the bundled one) and DNS options of the explain commands, loaded. */
-export function loadExplainer(opts: { config?: string; offline?: boolean; dnsHosts?: string; pins?: Pins }): Explainer {
+/**
+ * The config file (default: the bundled one) and DNS options of the explain
+ * commands, loaded; `url:`/`dns:` range entries are loaded once as the
+ * gateway loads them at start (cache, fetch, resolution), except offline.
+ */
+export async function loadExplainer(opts: { config?: string; offline?: boolean; dnsHosts?: string; pins?: Pins }): Promise<Explainer> {
   const config = loadConfigFile(opts.config ?? DEFAULT_CONFIG);
   const pins = opts.dnsHosts ? readPins(opts.dnsHosts) : new Map<string, string[]>();
   for (const [name, addresses] of opts.pins ?? []) pins.set(name, addresses);
-  return explainer(config, { offline: opts.offline ?? false, pins });
+  const ex = explainer(config, { offline: opts.offline ?? false, pins });
+  const feeds = new RangeFeeds(config.policy.rules, config.ranges, ex.ctx.resolver);
+  if (feeds.size && !ex.opts.offline) {
+    await feeds.start();
+    feeds.stop();
+    ex.feeds = feeds.status().map((f) => ({ rule: f.rule, entry: f.entry, ranges: f.ranges, ...(f.error && { error: f.error }) }));
+  } else if (feeds.size) {
+    ex.feeds = feeds.status().map((f) => ({ rule: f.rule, entry: f.entry, ranges: 0, error: 'not loaded: --offline' }));
+  }
+  return ex;
 }
 
 function isIpLiteral(destination: string): boolean {

@@ -106,6 +106,24 @@ describe('policy explain', () => {
     expect(JSON.parse(r.stdout)).toMatchObject({ verdict: 'allow', would_deny: { reason: 'ip_not_allowed' }, policy: { verdict: 'deny', reason: 'ip_not_allowed' } });
   });
 
+  it('dns: range entries are loaded as the gateway loads them (from pinned DNS), but not offline', async () => {
+    const feed = write(
+      'feed.yaml',
+      stringify({
+        listen: { proxy: '127.0.0.1:0' },
+        policy: { rules: [{ name: 'fed', ip_ranges: ['dns:ranges.test'], ports: [443] }] },
+        dns: { hosts: { 'ranges.test': '93.184.216.34' }, servers: ['127.0.0.1:9'] },
+      }),
+    );
+    const on = await cli(['policy', 'explain', '93.184.216.34:443', '--config', feed, '--json']);
+    const e = JSON.parse(on.stdout);
+    expect(e).toMatchObject({ verdict: 'allow', rule: 'fed' });
+    expect(e.range_feeds).toEqual([{ rule: 'fed', entry: 'dns:ranges.test', ranges: 1 }]);
+    const off = await cli(['policy', 'explain', '93.184.216.34:443', '--config', feed, '--offline']);
+    expect(off.code).toBe(1);
+    expect(off.stdout).toContain('ranges    fed: dns:ranges.test: not loaded: --offline');
+  });
+
   it('a bad configuration is reported with its key path, exit 2', async () => {
     const bad = write('bad.yaml', 'listen: {proxy: "127.0.0.1:0"}\npolicy: {rules: [{name: x, hosts: ["*"], ports: [443]}]}\n');
     const r = await cli(['policy', 'explain', 'a.example:443', '--config', bad]);
