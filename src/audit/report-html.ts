@@ -27,7 +27,9 @@ section.panel{margin-bottom:14px}
 .chart{overflow-x:auto}
 .chart svg{display:block;width:100%;height:auto}
 .chart text{fill:var(--muted);font-size:14px}
-@media (max-width:600px){.chart svg{min-width:0}.chart text{font-size:32px}.chart text.odd{display:none}}
+.chart svg.narrow{display:none}
+.chart svg.narrow text{font-size:19px}
+@media (max-width:600px){.chart svg.wide{display:none}.chart svg.narrow{display:block}}
 .chart .grid{stroke:var(--line);stroke-width:1}
 rect.allowed{fill:var(--allowed)}rect.denied{fill:var(--denied)}rect.failed{fill:var(--failed)}
 .legend{display:flex;flex-wrap:wrap;gap:14px;color:var(--muted);font-size:.9rem;margin-top:6px}
@@ -62,6 +64,11 @@ function niceMax(n: number): number {
   return 10 * p;
 }
 
+/** `2026-11-25 10:00:00` from an ISO time (UTC). */
+function readable(iso: string): string {
+  return iso.replace('T', ' ').replace(/\.\d+Z$|Z$/, '');
+}
+
 /** An axis value: 950, 1.5k, 20k, 3M. */
 function compact(v: number): string {
   if (v < 1000) return String(Math.round(v));
@@ -74,19 +81,22 @@ function timeLabel(ms: number, width: number): string {
   return width >= 86_400_000 ? iso.slice(0, 10) : `${iso.slice(5, 10)} ${iso.slice(11, 16)}`;
 }
 
+/** The two layouts: wide for a desktop, and a taller one with fewer labels for a phone. */
+const LAYOUTS = {
+  wide: { W: 960, H: 280, left: 56, bottom: 34, ticks: 5 },
+  narrow: { W: 480, H: 300, left: 50, bottom: 34, ticks: 3 },
+};
+
 /** Stacked bars of allowed, denied and failed attempts per interval. */
-export function chartSvg(buckets: Bucket[], widthMs: number): string {
-  const W = 960;
-  const H = 280;
-  const left = 64;
+export function chartSvg(buckets: Bucket[], widthMs: number, layout: keyof typeof LAYOUTS = 'wide'): string {
+  const { W, H, left, bottom, ticks: maxTicks } = LAYOUTS[layout];
   const right = 12;
   const top = 12;
-  const bottom = 42;
   const plotW = W - left - right;
   const plotH = H - top - bottom;
   const max = niceMax(Math.max(1, ...buckets.map((b) => b.allowed + b.denied + b.failed)));
   const step = plotW / Math.max(1, buckets.length);
-  const barW = Math.max(1, step * (buckets.length > 120 ? 1 : 0.8));
+  const barW = Math.max(0.6, step * (buckets.length > 120 ? 1 : 0.8));
   const y = (v: number) => top + plotH - (v / max) * plotH;
   const parts: string[] = [];
   for (const f of [0, 0.5, 1]) {
@@ -96,13 +106,12 @@ export function chartSvg(buckets: Bucket[], widthMs: number): string {
       `<text x="${left - 6}" y="${(y(v) + 5).toFixed(1)}" text-anchor="end">${esc(compact(v))}</text>`,
     );
   }
-  const ticks = Math.min(buckets.length, 5);
+  const ticks = Math.min(buckets.length, maxTicks);
   for (let i = 0; i < ticks; i++) {
     const idx = ticks === 1 ? 0 : Math.round((i * (buckets.length - 1)) / (ticks - 1));
     const x = left + idx * step + step / 2;
     const anchor = i === 0 ? 'start' : i === ticks - 1 ? 'end' : 'middle';
-    const odd = i % 2 === 1 ? ' class="odd"' : '';
-    parts.push(`<text${odd} x="${(i === 0 ? left : i === ticks - 1 ? W - right : x).toFixed(1)}" y="${H - 6}" text-anchor="${anchor}">${esc(timeLabel(buckets[idx]!.start, widthMs))}</text>`);
+    parts.push(`<text x="${(i === 0 ? left : i === ticks - 1 ? W - right : x).toFixed(1)}" y="${H - 6}" text-anchor="${anchor}">${esc(timeLabel(buckets[idx]!.start, widthMs))}</text>`);
   }
   buckets.forEach((b, i) => {
     const x = (left + i * step + (step - barW) / 2).toFixed(2);
@@ -119,7 +128,7 @@ export function chartSvg(buckets: Bucket[], widthMs: number): string {
     const title = `${new Date(b.start).toISOString().slice(0, 16)}Z: ${b.allowed} allowed, ${b.denied} denied, ${b.failed} failed`;
     parts.push(`<g><title>${esc(title)}</title>${rects.join('')}</g>`);
   });
-  return `<svg id="timeline" viewBox="0 0 ${W} ${H}" role="img" aria-label="Allowed, denied and failed connection attempts per ${esc(span(widthMs))}" xmlns="http://www.w3.org/2000/svg">${parts.join('')}</svg>`;
+  return `<svg id="${layout === 'wide' ? 'timeline' : 'timeline-narrow'}" class="${layout}" viewBox="0 0 ${W} ${H}" role="img" aria-label="Allowed, denied and failed connection attempts per ${esc(span(widthMs))}" xmlns="http://www.w3.org/2000/svg">${parts.join('')}</svg>`;
 }
 
 function tableHtml(id: string, title: string, t: SummaryResult['denials_by_reason'], asBytes: boolean): string {
@@ -151,7 +160,7 @@ export function reportHtml(s: SummaryResult, generated = new Date()): string {
   const files = input.sources.map((x) => `${x.name}${x.gzip ? ' (gzip)' : ''}${x.error ? ` (broke off: ${x.error})` : ''}`).join(', ');
   const buckets = s.timeline.buckets;
   const chart = buckets.length
-    ? `<div class="chart">${chartSvg(buckets, s.timeline.width_ms)}</div>` +
+    ? `<div class="chart">${chartSvg(buckets, s.timeline.width_ms)}${chartSvg(buckets, s.timeline.width_ms, 'narrow')}</div>` +
       `<div class="legend"><span><i style="background:var(--allowed)"></i>allowed</span><span><i style="background:var(--denied)"></i>denied</span><span><i style="background:var(--failed)"></i>failed</span><span>one bar per ${esc(span(s.timeline.width_ms))} (UTC)</span></div>`
     : '<p class="empty">No connection attempts in this range.</p>';
   const body = tables(s)
@@ -162,8 +171,8 @@ export function reportHtml(s: SummaryResult, generated = new Date()): string {
 <title>wa-egress audit report</title><style>${CSS}</style></head>
 <body><main>
 <h1>wa-egress audit report</h1>
-<p class="meta">${s.first ? `${esc(s.first)} to ${esc(s.last!)}` : 'No records'}${s.window.since || s.window.until ? ` · window ${esc(s.window.since ?? '…')} to ${esc(s.window.until ?? '…')}` : ''}<br>
-${esc(count(input.records))} records from ${esc(files || 'no input')} · <span id="malformed">${esc(count(input.malformed))}</span> malformed lines · generated ${esc(generated.toISOString())}</p>
+<p class="meta">${s.first ? `${esc(readable(s.first))} to ${esc(readable(s.last!))} UTC` : 'No records'}${s.window.since || s.window.until ? ` · window ${esc(s.window.since ? readable(s.window.since) : '…')} to ${esc(s.window.until ? readable(s.window.until) : '…')}` : ''}<br>
+${esc(count(input.records))} records read from ${esc(files || 'no input')} · <span id="malformed">${esc(count(input.malformed))}</span> malformed lines · generated ${esc(generated.toISOString())}</p>
 <div class="cards">${cards}</div>
 <section class="panel"><h2>Connection attempts per ${esc(span(s.timeline.width_ms))}</h2>${chart}</section>
 <div class="tables">${body || '<p class="empty">No denials, failures or traffic to list.</p>'}</div>
