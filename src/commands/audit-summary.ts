@@ -43,6 +43,9 @@ export async function summaryFromArgs(values: { since?: string; until?: string; 
     if (!/^\d{1,4}$/.test(values.top) || Number(values.top) < 1) fail(`--top: expected a number from 1 to 9999, got ${JSON.stringify(values.top)}`);
     opts.top = Number(values.top);
   }
+  if ((files.length === 0 || files.includes('-')) && process.stdin.isTTY) {
+    fail('no audit FILE given and stdin is a terminal: name files, or pipe records in', help);
+  }
   for (const f of files) {
     if (f === '-') continue;
     try {
