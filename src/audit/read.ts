@@ -1,4 +1,4 @@
-import { createReadStream } from 'node:fs';
+import { createReadStream, statSync } from 'node:fs';
 import type { Readable } from 'node:stream';
 import { createGunzip } from 'node:zlib';
 import { parseLine, type AuditRecord } from './record.js';
@@ -130,6 +130,19 @@ export async function timeOrder(names: readonly string[]): Promise<string[]> {
   if (names.includes('-')) return [...names];
   const times = await Promise.all(names.map(async (n) => ({ n, t: await firstTime(n) })));
   return times.sort((a, b) => a.t - b.t).map((x) => x.n);
+}
+
+/** Why `names` cannot be read (a missing file, a directory), before any is opened; undefined when all can. */
+export function unreadable(names: readonly string[]): string | undefined {
+  for (const f of names) {
+    if (f === '-') continue;
+    try {
+      if (!statSync(f).isFile()) return `${f}: not a file`;
+    } catch (err) {
+      return `${f}: cannot read: ${(err as NodeJS.ErrnoException).code ?? err}`;
+    }
+  }
+  return undefined;
 }
 
 /** Every record of `names` ('-' is stdin; none means stdin), in time order of files. */

@@ -1,6 +1,6 @@
-import { statSync } from 'node:fs';
 import { parseArgs } from 'node:util';
 import { formatSummary } from '../audit/format.js';
+import { unreadable } from '../audit/read.js';
 import { parseTime, summarize, type SummaryOptions, type SummaryResult } from '../audit/summary.js';
 import { fail, type Command } from './command.js';
 
@@ -46,14 +46,8 @@ export async function summaryFromArgs(values: { since?: string; until?: string; 
   if ((files.length === 0 || files.includes('-')) && process.stdin.isTTY) {
     fail('no audit FILE given and stdin is a terminal: name files, or pipe records in', help);
   }
-  for (const f of files) {
-    if (f === '-') continue;
-    try {
-      if (!statSync(f).isFile()) fail(`${f}: not a file`);
-    } catch (err) {
-      fail(`${f}: cannot read: ${(err as NodeJS.ErrnoException).code ?? err}`);
-    }
-  }
+  const problem = unreadable(files);
+  if (problem) fail(problem);
   return summarize(files, opts);
 }
 

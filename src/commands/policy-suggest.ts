@@ -3,7 +3,7 @@ import { Document, isMap, isSeq, type Node, type YAMLMap } from 'yaml';
 import { loadConfigFile } from '../config/load.js';
 import { ConfigError, type Reason } from '../errors.js';
 import { judge } from '../learn/against.js';
-import { readRecords, type ReadStats } from '../learn/read-records.js';
+import { newStats, readAudit, unreadable } from '../audit/read.js';
 import { suggest, type Destination, type SuggestedRule } from '../learn/suggest.js';
 import { canonicalIp } from '../net/ip.js';
 import { normalizeHost } from '../policy/hostport.js';
@@ -69,13 +69,15 @@ async function run(args: string[]): Promise<void> {
     }
   }
 
-  const stats: ReadStats = { lines: 0, bad: 0 };
+  const problem = unreadable(positionals);
+  if (problem) fail(problem);
+  const stats = newStats();
   const seen = new Map<string, Destination>();
   let records = 0;
   let first: string | undefined;
   let last: string | undefined;
   try {
-    for await (const r of readRecords(positionals, stats)) {
+    for await (const { record: r } of readAudit(positionals, stats)) {
       if (r.event !== 'egress.denied' || !LEARNABLE.has(String(r.reason))) continue;
       const dest = destination(r.dest_host, r.dest_port);
       if (!dest) continue;
@@ -114,7 +116,7 @@ async function run(args: string[]): Promise<void> {
   const head = [
     `wa-egress policy suggest: ${records} denial record(s) in ${positionals.join(', ')}${first ? ` (${first} to ${last})` : ''}`,
     `${seen.size} distinct destination(s); ${rules.length} rule(s) below cover ${list.length}`,
-    ...(stats.bad ? [`${stats.bad} line(s) that are not JSON records skipped`] : []),
+    ...(stats.malformed ? [`${stats.malformed} malformed line(s) skipped`] : []),
     ...notes,
     'paste under policy.rules:',
   ];

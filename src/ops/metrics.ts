@@ -9,11 +9,13 @@ import {
   connectionChannel,
   dialChannel,
   dnsChannel,
+  rangeFeedChannel,
   type AuditEvent,
   type ConfigEvent,
   type ConnectionEvent,
   type DialEvent,
   type DnsEvent,
+  type RangeFeedEvent,
 } from '../events.js';
 import type { Admission } from '../inbound/admission.js';
 import { keepaliveMode } from '../native/sockopt.js';
@@ -217,6 +219,18 @@ export class Metrics {
         this.set({ mode }, 1);
         this.set({ mode: mode === 'native' ? 'node' : 'native' }, 0);
       },
+    });
+    const feeds = new Counter({
+      name: 'wa_egress_range_feed_refreshes_total',
+      help: 'Refreshes of url: and dns: ip_ranges entries, by rule, source and result (updated, unchanged, not_modified, failed)',
+      labelNames: ['rule', 'source', 'result'],
+      registers,
+    });
+    const FEED_RESULTS: ReadonlySet<string> = new Set(['updated', 'unchanged', 'not_modified', 'failed']);
+    const FEED_SOURCES: ReadonlySet<string> = new Set(['url', 'dns']);
+    this.on(rangeFeedChannel.name, (m) => {
+      const e = m as RangeFeedEvent;
+      feeds.inc({ rule: bounded(e.rule, names(gw.config).rules), source: bounded(e.source, FEED_SOURCES), result: bounded(e.result, FEED_RESULTS) });
     });
     // The configuration in force: from configChannel, starting from a load published before this registry existed.
     let inForce: ConfigEvent | undefined = configInForce();

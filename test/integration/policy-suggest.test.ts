@@ -142,9 +142,9 @@ describe('policy suggest', () => {
     const gz = join(dir, 'audit.log.1.gz');
     writeFileSync(gz, gzipSync(readFileSync(log)));
     const broken = join(dir, 'broken.log');
-    writeFileSync(broken, '{"event":"egress.denied","reason":"host_not_allowed","dest_host":"new.example.org","dest_port":443}\n{cut off');
+    writeFileSync(broken, '{"time":"2026-12-01T10:00:00.000Z","event":"egress.denied","reason":"host_not_allowed","dest_host":"new.example.org","dest_port":443}\n{cut off');
     const out = await suggestCli(gz, broken);
-    expect(out).toContain('# 1 line(s) that are not JSON records skipped');
+    expect(out).toContain('# 1 malformed line(s) skipped');
     expect(out).toContain('new.example.org');
     expect(out).toMatch(/suggest: 23 denial record/);
   });

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import type { Audit } from '../../src/audit.js';
 import { parseConfig } from '../../src/config/load.js';
-import { auditChannel, configChannel, connectionChannel, dialChannel, dnsChannel } from '../../src/events.js';
+import { auditChannel, configChannel, connectionChannel, dialChannel, dnsChannel, rangeFeedChannel } from '../../src/events.js';
 import { Admission } from '../../src/inbound/admission.js';
 import { Metrics, type Observed } from '../../src/ops/metrics.js';
 import { parseProm } from '../integration/prom.js';
@@ -33,7 +33,11 @@ describe('metrics labels', () => {
       dnsChannel.publish({ ms: 12, ok: true });
       dialChannel.publish({ ms: 3, ok: false });
       configChannel.publish({ result: 'invalid' });
+      rangeFeedChannel.publish({ rule: 'wa', source: 'url', result: 'updated', ranges: 10 });
+      rangeFeedChannel.publish({ rule: 'nope', source: 'url', result: 'failed', ranges: 0 });
       const p = parseProm(await m.text());
+      expect(p.get('wa_egress_range_feed_refreshes_total{rule="wa",source="url",result="updated"}')).toBe(1);
+      expect(p.get('wa_egress_range_feed_refreshes_total{rule="other",source="url",result="failed"}')).toBe(1);
       expect(p.get('wa_egress_decisions_total{listener="proxy",decision="denied",rule="",reason="host_not_allowed",enforced="true"}')).toBe(1);
       expect(p.get('wa_egress_decisions_total{listener="other",decision="denied",rule="other",reason="other",enforced="false"}')).toBe(1);
       expect(p.get('wa_egress_decisions_total{listener="chat",decision="allowed",rule="wa",reason="",enforced=""}')).toBe(1);
