@@ -119,8 +119,8 @@ async function dialChecked(ctx: EgressContext, attempt: Attempt, target: Target,
 }
 
 /** Join client and upstream; the tunnel is tracked in `ctx.tunnels` and audits its own close. */
-export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, open: EgressOpen, head?: Buffer): Tunnel {
-  const opts = { idleMs: ctx.idleTimeoutMs, keepAlive: ctx.keepAlive, destIp: open.destIp, head };
+export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, open: EgressOpen, head?: Buffer, status?: number): Tunnel {
+  const opts = { idleMs: ctx.idleTimeoutMs, keepAlive: ctx.keepAlive, destIp: open.destIp, head, status };
   // The tunnel handles the client's errors from now on (one listener less to keep).
   client.removeListener('error', destroySocket);
   const tunnel = new Tunnel(client, open.upstream, opts, ctx, attempt);
