@@ -69,6 +69,17 @@ interface Failure {
 }
 
 const conns = new WeakMap<Socket, Conn>();
+/**
+ * Connections with an answer that closes them (a refusal, a 502): the number
+ * of that request. Requests pipelined behind it are not served, so they are
+ * neither decided nor dialled nor recorded; those before it are.
+ */
+const closing = new WeakMap<Socket, number>();
+
+function closeAfter(socket: Socket, request: number): void {
+  const n = closing.get(socket);
+  if (n === undefined || request < n) closing.set(socket, request);
+}
 
 export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOptions): net.Server {
   const server = http.createServer({
@@ -172,6 +183,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   const exchanges = new Set<Exchange>();
 
   const onRequest = (expectContinue: boolean) => (req: IncomingMessage, res: ServerResponse) => {
+    if (closing.has(req.socket)) return;
     const ex: Exchange = { attempt: attemptFor(req.socket, 'http', req.method), req, res, refused: false, decided: false, expectContinue };
     const conn = conns.get(req.socket);
     if (conn) conn.current = ex;
@@ -187,8 +199,9 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
 
   const onClientError = (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
     const conn = conns.get(socket);
-    // The parser repeats its error on every later read: one refusal.
-    if (conn?.refusing) return;
+    // The parser repeats its error on every later read: one refusal. And
+    // after an answer that closes the connection, later bytes are not read.
+    if (conn?.refusing || closing.has(socket)) return;
     const current = conn?.current;
     if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
       socket.destroy();
@@ -207,6 +220,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     if (conn) conn.refusing = true;
     const head = readRequestLine(err.rawPacket);
     const attempt = attemptFor(socket, head?.method === 'CONNECT' ? 'connect' : 'http', head?.method);
+    closeAfter(socket, conn?.requests ?? 0);
     const target = head ? guessTarget(head.method, head.target) : undefined;
     if (target) {
       attempt.dest_host = target.host;
@@ -329,9 +343,10 @@ function refuse(ctx: EgressContext, attempt: Attempt, socket: Socket, err: unkno
 function refuseMalformed(ctx: EgressContext, ex: Exchange, reason: Reason, detail: string): void {
   if (ex.refused) return;
   ex.refused = true;
+  closeAfter(ex.req.socket, ex.attempt.request!);
   if (!ex.decided) ctx.audit.denied(ex.attempt, { reason, enforced: true, error: detail });
   ex.abort?.('client_error', { reason, error: detail });
-  if (!ex.res.headersSent) answer(ex.res, reason, detail, true);
+  if (!ex.res.headersSent) reply(ex, reason, detail, true);
   else if (!ex.res.writableEnded) ex.res.destroy();
   else ex.req.socket.end();
 }
@@ -355,15 +370,13 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
   if (hops === 'answer') return answerLocally(ctx, ex, url.target, bodyTimeoutMs);
   if (hops) headers = hops;
 
-  const cancelled = () => ex.refused;
-  const result = await openEgress(ctx, attempt, url.target, { cancelled });
-  ex.decided = !(!result.ok && result.cancelled);
+  const result = await openEgress(ctx, attempt, url.target, { cancelled: () => cancelled(ex) });
+  if (!result.ok && result.cancelled) return;
+  ex.decided = true;
   if (!result.ok) {
-    if (!ex.refused) {
-      // A client waiting for 100 Continue sends no body: the connection ends with the answer.
-      answer(res, result.reason, result.message, ex.expectContinue && !req.complete);
-      discardBody(req, bodyTimeoutMs);
-    }
+    // A client waiting for 100 Continue sends no body: the connection ends with the answer.
+    reply(ex, result.reason, result.message, ex.expectContinue && !req.complete);
+    discardBody(req, bodyTimeoutMs);
     return;
   }
 
@@ -411,7 +424,7 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
     if (done) return;
     const failure: Failure = { reason: 'upstream_bad_response', error };
     if (!res.headersSent) {
-      answer(res, 'upstream_bad_response', error, true);
+      reply(ex, 'upstream_bad_response', error, true);
       finish('upstream_error', failure);
     } else {
       finish('upstream_error', failure);
@@ -474,11 +487,11 @@ const ALLOW = 'GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH';
  */
 async function answerLocally(ctx: EgressContext, ex: Exchange, target: Target, bodyTimeoutMs: number) {
   const { attempt, req, res } = ex;
-  const result = await judgeLocal(ctx, attempt, target, { cancelled: () => ex.refused });
-  ex.decided = !(!result.ok && result.cancelled);
-  if (ex.refused) return;
+  const result = await judgeLocal(ctx, attempt, target, { cancelled: () => cancelled(ex) });
+  if (!result.ok && result.cancelled) return;
+  ex.decided = true;
   if (!result.ok) {
-    answer(res, result.reason, result.message, ex.expectContinue && !req.complete);
+    reply(ex, result.reason, result.message, ex.expectContinue && !req.complete);
     discardBody(req, bodyTimeoutMs);
     return;
   }
@@ -498,6 +511,18 @@ async function answerLocally(ctx: EgressContext, ex: Exchange, target: Target, b
     close_reason: 'done',
     status: 200,
   });
+}
+
+/** Refused meanwhile, or behind an answer that closes the connection: not to be decided. */
+function cancelled(ex: Exchange): boolean {
+  const n = closing.get(ex.req.socket);
+  return ex.refused || (n !== undefined && ex.attempt.request! > n);
+}
+
+/** The proxy's own error answer; one that closes marks the connection as closing. */
+function reply(ex: Exchange, reason: Reason, detail: string | undefined, close: boolean): void {
+  if (close) closeAfter(ex.req.socket, ex.attempt.request!);
+  answer(ex.res, reason, detail, close);
 }
 
 /**
