@@ -127,11 +127,19 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     previous.once('close', () => (!socket.destroyed && !socket.writableEnded ? run() : gone()));
   };
 
+  /** Behind an answer that closes the connection: not served (see `closing`); the socket ends after that answer. */
+  const behindClose = (socket: Socket): boolean => {
+    if (!closing.has(socket)) return false;
+    afterPrevious(socket, () => closeWith(socket, ''), () => socket.destroy());
+    return true;
+  };
+
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     // Node's HTTP server has let go of the socket: errors are ours now. (A
     // shared function: a closure here would keep the request alive as long
     // as the tunnel.)
     socket.on('error', destroySocket);
+    if (behindClose(socket)) return;
     const attempt = attemptFor(socket, 'connect');
     const url = req.url ?? '';
     const tooLarge = headProblem(req.rawHeaders)?.reason === 'head_too_large';
@@ -158,6 +166,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
 
   server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     socket.on('error', destroySocket);
+    if (behindClose(socket)) return;
     const attempt = attemptFor(socket, 'http', req.method);
     afterPrevious(
       socket,

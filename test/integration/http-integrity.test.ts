@@ -486,7 +486,7 @@ describe('property: requests parsed by the origin = requests the audit allowed',
         expect(new Set(numbers).size).toBe(numbers.length);
         c.destroy();
       }),
-      { numRuns: 60 },
+      { numRuns: 100 },
     );
   }, 120_000);
 });
