@@ -51,6 +51,15 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
     return closeRecord(undefined, 'client_closed', 0);
   }
 
+  // The client leaving before the origin answers takes the upstream with it.
+  const onClientGone = () => {
+    if (answered) return;
+    answered = true;
+    upstream.destroy();
+    closeRecord(undefined, 'client_closed', 0);
+  };
+  socket.once('close', onClientGone);
+
   const upReq = http.request({
     method: req.method,
     path: url.path,
@@ -60,6 +69,7 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
   });
   upReq.on('upgrade', (upRes: IncomingMessage, upSocket: Socket, upHead: Buffer) => {
     answered = true;
+    socket.removeListener('close', onClientGone);
     const lines = [`HTTP/1.1 101 ${upRes.statusMessage || 'Switching Protocols'}`];
     const headers = forwardResponseHeaders(upRes.rawHeaders, true);
     for (let i = 0; i < headers.length; i += 2) lines.push(`${headers[i]}: ${headers[i + 1]}`);
@@ -71,6 +81,7 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
   upReq.on('response', (upRes: IncomingMessage) => {
     // Not switching: relay this one answer, then close.
     answered = true;
+    socket.removeListener('close', onClientGone);
     const status = upRes.statusCode ?? 502;
     const lines = [`HTTP/1.1 ${status} ${upRes.statusMessage ?? ''}`];
     const headers = forwardResponseHeaders(upRes.rawHeaders);
@@ -102,6 +113,7 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
   upReq.on('error', (err: NodeJS.ErrnoException) => {
     if (answered) return;
     answered = true;
+    socket.removeListener('close', onClientGone);
     const error = err.code ? `${err.code}: ${err.message}` : err.message;
     closeRecord(502, 'upstream_error', 0, { reason: 'upstream_bad_response', error });
     closeWith(socket, rawResponse('upstream_bad_response', error));
