@@ -129,14 +129,6 @@ export class Audit {
     return !this.out.failing;
   }
 
-  /** Times the audit path was found deleted or replaced, and failed reopen attempts (metrics). */
-  get sinkReplaced(): number {
-    return this.out.replaced;
-  }
-  get sinkReopenFailures(): number {
-    return this.out.reopenFailures;
-  }
-
   /** Whether new connections may be served (records can be written, or the operator said continue). */
   get accepting(): boolean {
     return this.writable || this.opts.onError === 'continue';
@@ -160,8 +152,9 @@ export class Audit {
   }
 
   /** Records written, waiting (lines and bytes) and dropped, for metrics. */
-  stats(): { written: number; waitingLines: number; waitingBytes: number; dropped: number } {
-    return { written: this.out.written, waitingLines: this.out.waitingLines, waitingBytes: this.out.waitingBytes, dropped: this.dropped };
+  stats(): { written: number; waitingLines: number; waitingBytes: number; dropped: number; replaced: number; reopenFailures: number } {
+    const o = this.out;
+    return { written: o.written, waitingLines: o.waitingLines, waitingBytes: o.waitingBytes, dropped: this.dropped, replaced: o.replaced, reopenFailures: o.reopenFailures };
   }
 
   /** Write everything waiting, now (tests, a crash). */
