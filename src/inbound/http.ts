@@ -240,7 +240,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     // Bytes after a complete request: that request is answered first.
     const previous = current?.res;
     if (!previous || previous.writableFinished || previous.destroyed) return refuse();
-    previous.once('close', () => (socket.destroyed ? undefined : refuse()));
+    previous.once('close', () => (socket.destroyed || socket.writableEnded ? undefined : refuse()));
   };
   server.on('clientError', onClientError);
 
