@@ -205,6 +205,11 @@ export class AuditFile {
     const old = this.fd;
     this.fd = next;
     closeQuietly(old);
+    // The path had been lost (see check): what waited goes to the new file.
+    if (this.lost) {
+      this.lost = undefined;
+      this.flush();
+    }
   }
 
   close(): boolean {

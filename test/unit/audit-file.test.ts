@@ -173,6 +173,21 @@ describe('the audit path deleted or replaced under the writer', () => {
     expect(replaced).toEqual([false, true]);
   });
 
+  it('a lost path reopened by SIGUSR1 (reopen) before the next check: what waited is written there', () => {
+    const dir = tmp();
+    const path = join(dir, 'audit.log');
+    const f = new AuditFile(path, quiet);
+    files.push(f);
+    unlinkSync(path);
+    mkdirSync(path);
+    f.check();
+    f.write('waiting\n');
+    rmSync(path, { recursive: true });
+    f.reopen();
+    expect(f.failing).toBe(false);
+    expect(readFileSync(path, 'utf8')).toBe('waiting\n');
+  });
+
   it('Audit: a replaced path that cannot be reopened refuses new connections under on_error: deny', () => {
     const dir = tmp();
     const file = join(dir, 'audit.log');
