@@ -1,5 +1,6 @@
-import { closeSync, fsyncSync, mkdirSync, openSync, writeSync } from 'node:fs';
+import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, statSync, writeSync } from 'node:fs';
 import { dirname } from 'node:path';
+import { auditSinkChannel, type AuditSinkEvent } from './events.js';
 
 /**
  * Where audit lines go: a file (appended) or stdout. Lines are batched and
@@ -9,6 +10,13 @@ import { dirname } from 'node:path';
  * write keeps its lines to try again. The window lets a busy gateway write
  * many connections' records with one system call, not one or two each. Memory for waiting lines is
  * bounded; past the bound a line is dropped and reported, never silently.
+ * Lines wait as bytes: a partial write resumes at the exact byte it
+ * stopped at, even inside a multi-byte character.
+ *
+ * Every `WATCH_MS` the path is compared with the open file (device and
+ * inode): a file deleted or replaced under the gateway is noticed and the
+ * path reopened; while it cannot be, records wait and the writer is failing
+ * (so `audit.on_error` applies), and the watch keeps trying.
  */
 
 export interface AuditFileEvents {
@@ -18,6 +26,8 @@ export interface AuditFileEvents {
   onRecover(): void;
   /** A line was dropped because too much was waiting. */
   onDrop(): void;
+  /** The path no longer names the open file (deleted or replaced); `reopened`: writing to the new one. */
+  onReplaced?(reopened: boolean, err?: NodeJS.ErrnoException): void;
 }
 
 const MAX_WAITING = 64 * 1024 * 1024;
@@ -25,11 +35,12 @@ const BATCH_MS = 5;
 const BATCH_BYTES = 64 * 1024;
 const RETRY_MS = 1000;
 const EAGAIN_MS = 5;
+const WATCH_MS = 1000;
 
 export class AuditFile {
   private fd: number;
-  private waiting: string[] = [];
-  /** Counters for metrics: lines written, and lines and bytes (UTF-16 units) waiting. */
+  private waiting: Buffer[] = [];
+  /** Counters for metrics: lines written, and lines and bytes waiting. */
   written = 0;
   waitingLines = 0;
   waitingBytes = 0;
@@ -39,13 +50,21 @@ export class AuditFile {
     this.flush();
   };
   private retry: NodeJS.Timeout | undefined;
+  private watch: NodeJS.Timeout | undefined;
+  /** The path was replaced and could not be reopened: the open file is not the audit file any more. */
+  private lost: NodeJS.ErrnoException | undefined;
   failing = false;
+  /** Times the path was found deleted or replaced (for metrics). */
+  replaced = 0;
+  /** Failed attempts to reopen a replaced path (for metrics). */
+  reopenFailures = 0;
 
   constructor(
     readonly path: string,
     private readonly events: AuditFileEvents,
   ) {
     this.fd = AuditFile.open(path);
+    if (this.fd !== 1) this.watch = setInterval(() => this.check(), WATCH_MS).unref();
   }
 
   /** Opened synchronously: a path that cannot be opened is an error now, not later. */
@@ -57,12 +76,13 @@ export class AuditFile {
 
   /** pino's destination interface. */
   write(line: string): boolean {
-    if (this.waitingBytes + line.length > MAX_WAITING) {
+    const bytes = Buffer.from(line);
+    if (this.waitingBytes + bytes.length > MAX_WAITING) {
       this.events.onDrop();
       return false;
     }
-    this.waiting.push(line);
-    this.waitingBytes += line.length;
+    this.waiting.push(bytes);
+    this.waitingBytes += bytes.length;
     this.waitingLines++;
     // While failing, or waiting out a full pipe, the retry timer writes them.
     if (this.failing || this.retry) return true;
@@ -78,10 +98,11 @@ export class AuditFile {
       this.batch = undefined;
     }
     while (this.waiting.length) {
-      const batch = Buffer.from(this.waiting.join(''));
+      const batch = this.waiting.length === 1 ? this.waiting[0]! : Buffer.concat(this.waiting);
       let n: number;
       try {
-        n = writeSync(this.fd, batch);
+        if (this.lost) throw this.lost;
+        n = this.writeFd(this.fd, batch);
       } catch (err) {
         const e = err as NodeJS.ErrnoException;
         // A full pipe is back-pressure, not a failure.
@@ -93,11 +114,11 @@ export class AuditFile {
         }
         return 'failed';
       }
-      const rest = batch.subarray(n).toString();
-      this.waiting = rest ? [rest] : [];
+      const rest = batch.subarray(n);
+      this.waiting = rest.length ? [rest] : [];
       this.waitingBytes = rest.length;
       // Every line ends in a newline: a line cut short is still waiting.
-      const left = rest ? rest.split('\n').length - 1 : 0;
+      const left = countNewlines(rest);
       this.written += this.waitingLines - left;
       this.waitingLines = left;
     }
@@ -108,6 +129,51 @@ export class AuditFile {
       this.events.onRecover();
     }
     return 'done';
+  }
+
+  /** The one system call that writes (a seam for tests that inject short writes). */
+  protected writeFd(fd: number, data: Buffer): number {
+    return writeSync(fd, data);
+  }
+
+  /** Whether the path still names the open file; if not, reopen it (see the class comment). */
+  check(): void {
+    if (this.fd === 1) return;
+    if (!this.lost) {
+      try {
+        const open = fstatSync(this.fd);
+        const now = statSync(this.path);
+        if (open.dev === now.dev && open.ino === now.ino) return;
+      } catch (err) {
+        if ((err as NodeJS.ErrnoException).code !== 'ENOENT') return;
+      }
+      this.replaced++;
+      publish('replaced');
+    }
+    let next: number;
+    try {
+      next = AuditFile.open(this.path);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      this.reopenFailures++;
+      publish('reopen_failed');
+      const first = !this.lost;
+      this.lost = e;
+      if (first) this.events.onReplaced?.(false, e);
+      if (!this.failing) {
+        this.failing = true;
+        this.events.onError(e);
+      }
+      return;
+    }
+    // What waits goes to the new file: the old one is gone from the path.
+    const old = this.fd;
+    this.fd = next;
+    this.lost = undefined;
+    closeQuietly(old);
+    publish('reopened');
+    this.events.onReplaced?.(true);
+    this.flush();
   }
 
   private later(ms: number): void {
@@ -139,10 +205,16 @@ export class AuditFile {
     const old = this.fd;
     this.fd = next;
     closeQuietly(old);
+    // The path had been lost (see check): what waited goes to the new file.
+    if (this.lost) {
+      this.lost = undefined;
+      this.flush();
+    }
   }
 
   close(): boolean {
     clearTimeout(this.retry);
+    clearInterval(this.watch);
     const ok = this.flushSync();
     if (this.fd !== 1) {
       try {
@@ -162,4 +234,14 @@ function closeQuietly(fd: number): void {
   } catch {
     // Already closed.
   }
+}
+
+function countNewlines(b: Buffer): number {
+  let n = 0;
+  for (let i = b.indexOf(10); i >= 0; i = b.indexOf(10, i + 1)) n++;
+  return n;
+}
+
+function publish(state: AuditSinkEvent['state']): void {
+  if (auditSinkChannel.hasSubscribers) auditSinkChannel.publish({ state } satisfies AuditSinkEvent);
 }

@@ -48,6 +48,11 @@ export interface Closed {
   bytes_down: number;
   duration_ms: number;
   close_reason: CloseReason;
+  /** HTTP: the status code the client was sent (the origin's, or the proxy's own error answer). */
+  status?: number;
+  /** Why the exchange ended early, when the client was told (the same code as its X-Wa-Egress-Reason). */
+  reason?: Reason;
+  error?: string;
 }
 
 export interface AuditOptions {
@@ -75,6 +80,22 @@ function publish(this: Logger, args: Parameters<Logger['info']>, method: (...a: 
   method.apply(this, args);
 }
 
+/**
+ * Characters JSON may carry raw that line-based tools read as line breaks
+ * or controls: DEL and C1 controls (U+0085 NEL among them), U+2028/U+2029,
+ * and lone surrogates (not encodable as UTF-8). pino already escapes C0
+ * controls. Outside strings a JSON line has none of these, so escaping
+ * them wherever they occur keeps the JSON equivalent and every record one
+ * line.
+ */
+const UNSAFE = /[\u007f-\u009f\u2028\u2029]|[\ud800-\udbff](?![\udc00-\udfff])|(?<![\ud800-\udbff])[\udc00-\udfff]/g;
+
+export function escapeLine(line: string): string {
+  UNSAFE.lastIndex = 0;
+  if (!UNSAFE.test(line)) return line;
+  return line.replace(UNSAFE, (c) => `\\u${c.charCodeAt(0).toString(16).padStart(4, '0')}`);
+}
+
 export class Audit {
   private readonly out: AuditFile;
   private readonly log: Logger;
@@ -90,8 +111,17 @@ export class Audit {
         ),
       onRecover: () => log?.info('audit log writable again'),
       onDrop: () => log?.error({ dropped: ++this.dropped }, 'audit record dropped: too many records waiting'),
+      onReplaced: (reopened, err) =>
+        reopened
+          ? log?.warn({ file: opts.file }, 'audit file was deleted or replaced: reopened the path')
+          : log?.error(
+              { file: opts.file, err: err?.code ?? err?.message, on_error: opts.onError },
+              'audit file was deleted or replaced and cannot be reopened',
+            ),
     });
-    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) }, hooks: { logMethod: publish } }, this.out);
+    const out = this.out;
+    const dest = { write: (line: string) => out.write(escapeLine(line)) };
+    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) }, hooks: { logMethod: publish } }, dest);
   }
 
   /** False while the destination fails to take writes; records wait in memory. */
@@ -112,7 +142,8 @@ export class Audit {
     this.log.info({ event: 'egress.failed', ...a, ...f });
   }
 
-  allowed(a: Attempt, f: { rule?: string; dest_ip?: string }): void {
+  /** `local`: the proxy answers the request itself (Max-Forwards: 0); nothing is dialled. */
+  allowed(a: Attempt, f: { rule?: string; dest_ip?: string; local?: boolean }): void {
     this.log.info({ event: 'egress.allowed', ...a, ...f });
   }
 
@@ -121,8 +152,9 @@ export class Audit {
   }
 
   /** Records written, waiting (lines and bytes) and dropped, for metrics. */
-  stats(): { written: number; waitingLines: number; waitingBytes: number; dropped: number } {
-    return { written: this.out.written, waitingLines: this.out.waitingLines, waitingBytes: this.out.waitingBytes, dropped: this.dropped };
+  stats(): { written: number; waitingLines: number; waitingBytes: number; dropped: number; replaced: number; reopenFailures: number } {
+    const o = this.out;
+    return { written: o.written, waitingLines: o.waitingLines, waitingBytes: o.waitingBytes, dropped: this.dropped, replaced: o.replaced, reopenFailures: o.reopenFailures };
   }
 
   /** Write everything waiting, now (tests, a crash). */

@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Attempt, Audit } from './audit.js';
-import { decide, type DecisionContext } from './decide.js';
+import { decide, type Decision, type DecisionContext } from './decide.js';
 import { EgressError, type Reason } from './errors.js';
 import { dial } from './net/dial.js';
 import type { KeepAlive } from './net/keepalive.js';
@@ -34,24 +34,58 @@ export interface EgressOpen {
   rule?: string;
 }
 
-export type EgressResult = EgressOpen | { ok: false; reason: Reason; message?: string };
+export interface OpenOptions {
+  /**
+   * Asked after the decision and after the dial: true when the listener has
+   * refused the request meanwhile (and written its one record), so no
+   * decision record is written and nothing is dialled or kept.
+   */
+  cancelled?: () => boolean;
+}
 
-export async function openEgress(ctx: EgressContext, attempt: Attempt, target: Target): Promise<EgressResult> {
+/** What a listener gets: an open upstream, or the reason it was refused. */
+export type EgressResult = EgressOpen | { ok: false; reason: Reason; message?: string; cancelled?: boolean };
+
+export async function openEgress(ctx: EgressContext, attempt: Attempt, target: Target, opts: OpenOptions = {}): Promise<EgressResult> {
   ctx.inflight++;
   try {
-    return await open(ctx, attempt, target);
+    const d = await judge(ctx, attempt, target, opts);
+    if (!d.ok) return d;
+    return await dialChecked(ctx, attempt, target, d.decision, opts);
   } finally {
     ctx.inflight--;
   }
 }
 
-async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promise<EgressResult> {
+/**
+ * The decision alone, for a request the proxy answers itself (Max-Forwards:
+ * 0): the same records as openEgress for a denial; for an allow, the
+ * `egress.allowed` record says `local: true` and nothing is dialled.
+ */
+export async function judgeLocal(ctx: EgressContext, attempt: Attempt, target: Target, opts: OpenOptions = {}): Promise<{ ok: true; rule?: string } | Extract<EgressResult, { ok: false }>> {
+  ctx.inflight++;
+  try {
+    const d = await judge(ctx, attempt, target, opts);
+    if (!d.ok) return d;
+    ctx.audit.allowed(attempt, { rule: d.decision.rule, local: true });
+    return { ok: true, rule: d.decision.rule };
+  } finally {
+    ctx.inflight--;
+  }
+}
+
+type Allow = Extract<Decision, { verdict: 'allow' }>;
+
+const CANCELLED = { ok: false, reason: 'bad_request', cancelled: true } as const;
+
+async function judge(ctx: EgressContext, attempt: Attempt, target: Target, opts: OpenOptions): Promise<{ ok: true; decision: Allow } | Extract<EgressResult, { ok: false }>> {
   // No connection the audit log cannot record (unless the operator chose to continue).
   if (!ctx.audit.accepting) {
     ctx.audit.denied(attempt, { reason: 'audit_unavailable', enforced: true });
     return { ok: false, reason: 'audit_unavailable' };
   }
   const d = await decide(ctx, target);
+  if (opts.cancelled?.()) return CANCELLED;
   if (d.wouldDeny) {
     ctx.audit.denied(attempt, { ...d.wouldDeny, dest_ip: d.addresses[0], enforced: false });
   }
@@ -63,20 +97,30 @@ async function open(ctx: EgressContext, attempt: Attempt, target: Target): Promi
     ctx.audit.failed(attempt, { reason: d.reason, rule: d.rule });
     return { ok: false, reason: d.reason };
   }
+  return { ok: true, decision: d as Allow };
+}
+
+async function dialChecked(ctx: EgressContext, attempt: Attempt, target: Target, d: Allow, opts: OpenOptions): Promise<EgressResult> {
   try {
     const { socket, address } = await dial(d.addresses, target.port, { timeoutMs: ctx.connectTimeoutMs, keepAlive: ctx.keepAlive });
+    if (opts.cancelled?.()) {
+      // Refused while dialling: the origin got a connection and no byte.
+      socket.destroy();
+      return CANCELLED;
+    }
     ctx.audit.allowed(attempt, { rule: d.rule, dest_ip: address });
     return { ok: true, upstream: socket, destIp: address, rule: d.rule };
   } catch (err) {
     if (!(err instanceof EgressError)) throw err;
+    if (opts.cancelled?.()) return CANCELLED;
     ctx.audit.failed(attempt, { reason: err.reason, rule: d.rule, dest_ip: d.addresses.at(-1), error: err.message });
     return { ok: false, reason: err.reason, message: err.message };
   }
 }
 
 /** Join client and upstream; the tunnel is tracked in `ctx.tunnels` and audits its own close. */
-export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, open: EgressOpen, head?: Buffer): Tunnel {
-  const opts = { idleMs: ctx.idleTimeoutMs, keepAlive: ctx.keepAlive, destIp: open.destIp, head };
+export function startTunnel(ctx: EgressContext, attempt: Attempt, client: Socket, open: EgressOpen, head?: Buffer, status?: number): Tunnel {
+  const opts = { idleMs: ctx.idleTimeoutMs, keepAlive: ctx.keepAlive, destIp: open.destIp, head, status };
   // The tunnel handles the client's errors from now on (one listener less to keep).
   client.removeListener('error', destroySocket);
   const tunnel = new Tunnel(client, open.upstream, opts, ctx, attempt);

@@ -31,6 +31,8 @@ export interface TunnelOptions {
   destIp: string;
   /** Bytes the client sent after its request head, forwarded first. */
   head?: Buffer;
+  /** An upgraded HTTP request: the status (101) its close record names. */
+  status?: number;
 }
 
 /** Where a tunnel is tracked while open, and where its close record goes. */
@@ -52,6 +54,7 @@ export class Tunnel {
   private open = 2;
   private readonly started = Date.now();
   private readonly destIp: string;
+  private readonly status: number | undefined;
 
   constructor(
     readonly client: Socket,
@@ -61,6 +64,7 @@ export class Tunnel {
     readonly attempt: Attempt,
   ) {
     this.destIp = opts.destIp;
+    this.status = opts.status;
     // The upstream has keepalive from the dial; no-delay is set on both at
     // connect/accept and cached, so this costs no system call.
     keepAliveSoon(client, opts.keepAlive);
@@ -147,6 +151,7 @@ export class Tunnel {
       bytes_down: this.bytesDown,
       duration_ms: Date.now() - this.started,
       close_reason: this.reason ?? 'client_closed',
+      ...(this.status !== undefined && { status: this.status }),
     });
   }
 }

@@ -1,12 +1,14 @@
+import { MAX_HEADER_FIELDS } from './headers.js';
+
 /**
  * The common CONNECT request, read without Node's HTTP machinery: the first
  * bytes of a connection, when they hold a complete head in the plain form
  * proxy clients send (`CONNECT host:port HTTP/1.1`, then header lines). A
  * head this grammar does not admit (another method, an unfinished head,
- * a byte outside it, framing headers) gets null and goes to Node's HTTP
- * parser, which decides as it always has: this takes only heads that parser
- * accepts and would read the same way, so the answer never depends on which
- * of the two read it.
+ * a byte outside it, framing headers, more header fields than the limit)
+ * gets null and goes to Node's HTTP parser, which decides as it always has:
+ * this takes only heads that parser accepts and would read the same way, so
+ * the answer never depends on which of the two read it.
  */
 
 /**
@@ -36,7 +38,8 @@ export function readConnectHead(buf: Buffer, maxHead = MAX_HEAD): ConnectHead | 
   if (end < 0 || end + 4 > maxHead) return null;
   const lines = buf.toString('latin1', 0, end).split('\r\n');
   const m = REQUEST_LINE.exec(lines[0]!);
-  if (!m) return null;
+  // Over the field limit: the HTTP server's 431.
+  if (!m || lines.length - 1 > MAX_HEADER_FIELDS) return null;
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i]!;
     if (!HEADER_LINE.test(line) || FRAMING.test(line)) return null;

@@ -1,12 +1,14 @@
 import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import net, { type Socket } from 'node:net';
-import { formatClient, type Attempt } from '../audit.js';
-import { destroySocket, openEgress, startTunnel, type EgressContext } from '../egress.js';
-import { EgressError, httpStatus, type Reason } from '../errors.js';
+import { formatClient, type Attempt, type CloseReason } from '../audit.js';
+import { destroySocket, judgeLocal, openEgress, startTunnel, type EgressContext } from '../egress.js';
+import { EgressError, type Reason } from '../errors.js';
 import { parseAbsoluteUrl, parseHostPort, type Target } from '../policy/hostport.js';
 import { acceptAttempt, auditRefusal, httpRefusal, lingerClose, type Admission, type Refusal } from './admission.js';
+import { answer, closeWith, guessTarget, rawResponse, readRequestLine } from './answers.js';
 import { readConnectHead } from './connect-head.js';
-import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
+import { MAX_HEADER_FIELDS, forwardRequestHeaders, forwardResponseHeaders, headProblem, maxForwards, traceBody } from './headers.js';
+import { handleUpgrade } from './upgrade.js';
 
 /**
  * The HTTP proxy listener: CONNECT tunnels and absolute-form HTTP requests.
@@ -15,8 +17,14 @@ import { forwardRequestHeaders, forwardResponseHeaders } from './headers.js';
  * none of Node's HTTP machinery on the socket. Every other connection is
  * handed, bytes and all, to a Node HTTP server that never listens itself:
  * its parser reads request heads (and rejects malformed ones, audited from
- * `clientError`), and once a CONNECT is accepted there the socket leaves
- * its machinery for a plain tunnel, so none of its timeouts can reach it.
+ * `clientError`), and once a CONNECT or an Upgrade is accepted there the
+ * socket leaves its machinery for a plain tunnel, so none of its timeouts
+ * can reach it.
+ *
+ * Every request gets exactly one decision record, and the origin sees
+ * exactly the requests the records name: a head that cannot be forwarded
+ * with its framing is refused before the decision, and a request found
+ * malformed while its decision is under way is never dialled.
  */
 
 export interface HttpListenerOptions {
@@ -35,6 +43,8 @@ interface Conn {
   requests: number;
   /** The latest request a handler got; a parse error inside its body is its own. */
   current?: Exchange;
+  /** A head after `current` was malformed: refused once, after current's answer. */
+  refusing?: boolean;
 }
 
 /** One absolute-form request and its handling. */
@@ -44,11 +54,32 @@ interface Exchange {
   res: ServerResponse;
   /** Refused as malformed: audited and answered (or cut) once. */
   refused: boolean;
+  /** Its decision record has been written: a later refusal goes on the close record. */
+  decided: boolean;
+  /** The client sent `Expect: 100-continue`: 100 goes out only once the request is allowed. */
+  expectContinue: boolean;
   /** Cuts a running forward; its close record gives the reason. */
-  abort?: (reason: 'client_error' | 'shutdown') => void;
+  abort?: (reason: 'client_error' | 'shutdown', failure?: Failure) => void;
+}
+
+/** Why an allowed exchange ended early, for its close record. */
+interface Failure {
+  reason: Reason;
+  error: string;
 }
 
 const conns = new WeakMap<Socket, Conn>();
+/**
+ * Connections with an answer that closes them (a refusal, a 502): the number
+ * of that request. Requests pipelined behind it are not served, so they are
+ * neither decided nor dialled nor recorded; those before it are.
+ */
+const closing = new WeakMap<Socket, number>();
+
+function closeAfter(socket: Socket, request: number): void {
+  const n = closing.get(socket);
+  if (n === undefined || request < n) closing.set(socket, request);
+}
 
 export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOptions): net.Server {
   const server = http.createServer({
@@ -63,6 +94,12 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     maxHeaderSize: opts.maxHeadBytes,
   });
   server.timeout = 0;
+  // Node truncates a head silently at this count: one more than the limit
+  // tells a head over the limit from one at it (headProblem refuses it).
+  server.maxHeadersCount = MAX_HEADER_FIELDS + 1;
+  // A client that half-closes after its request still gets the answer
+  // (Node's default ends the connection at the client's FIN).
+  (server as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
 
   server.on('connection', (socket: Socket) => {
     conns.set(socket, { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), requests: 0 });
@@ -79,29 +116,73 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     return a;
   };
 
+  /**
+   * Node hands over a pipelined CONNECT or Upgrade as soon as it is parsed;
+   * answers stay in order, so it waits for the response to the request
+   * before it. `gone`: the connection closed first.
+   */
+  const afterPrevious = (socket: Socket, run: () => void, gone: () => void) => {
+    const previous = conns.get(socket)?.current?.res;
+    if (!previous || previous.writableFinished || previous.destroyed) return void run();
+    previous.once('close', () => (!socket.destroyed && !socket.writableEnded ? run() : gone()));
+  };
+
+  /** Behind an answer that closes the connection: not served (see `closing`); the socket ends after that answer. */
+  const behindClose = (socket: Socket): boolean => {
+    if (!closing.has(socket)) return false;
+    afterPrevious(socket, () => closeWith(socket, ''), () => socket.destroy());
+    return true;
+  };
+
   server.on('connect', (req: IncomingMessage, socket: Socket, head: Buffer) => {
     // Node's HTTP server has let go of the socket: errors are ours now. (A
     // shared function: a closure here would keep the request alive as long
     // as the tunnel.)
     socket.on('error', destroySocket);
+    if (behindClose(socket)) return;
     const attempt = attemptFor(socket, 'connect');
-    const run = () =>
-      handleConnect(ctx(), attempt, req.url ?? '', socket, head).catch((err) => {
-        socket.destroy(err as Error);
-      });
-    // Node hands over a pipelined CONNECT as soon as it is parsed; answers
-    // stay in order, so it waits for the response to the request before it.
-    const previous = conns.get(socket)?.current?.res;
-    if (!previous || previous.writableFinished || previous.destroyed) return void run();
-    previous.once('close', () => {
-      if (!socket.destroyed && !socket.writableEnded) return void run();
-      const target = guessTarget('CONNECT', req.url ?? '');
-      ctx().audit.denied(
-        { ...attempt, dest_host: target?.host, dest_port: target?.port },
-        { reason: 'bad_request', enforced: true, error: 'the connection closed before the pipelined CONNECT could be answered' },
-      );
-      socket.destroy();
-    });
+    const url = req.url ?? '';
+    const tooLarge = headProblem(req.rawHeaders)?.reason === 'head_too_large';
+    afterPrevious(
+      socket,
+      () => {
+        if (tooLarge) {
+          const target = guessTarget('CONNECT', url);
+          ctx().audit.denied({ ...attempt, dest_host: target?.host, dest_port: target?.port }, { reason: 'head_too_large', enforced: true, error: `more than ${MAX_HEADER_FIELDS} header fields` });
+          return closeWith(socket, rawResponse('head_too_large'));
+        }
+        handleConnect(ctx(), attempt, url, socket, head).catch((err) => socket.destroy(err as Error));
+      },
+      () => {
+        const target = guessTarget('CONNECT', url);
+        ctx().audit.denied(
+          { ...attempt, dest_host: target?.host, dest_port: target?.port },
+          { reason: 'bad_request', enforced: true, error: 'the connection closed before the pipelined CONNECT could be answered' },
+        );
+        socket.destroy();
+      },
+    );
+  });
+
+  server.on('upgrade', (req: IncomingMessage, socket: Socket, head: Buffer) => {
+    socket.on('error', destroySocket);
+    if (behindClose(socket)) return;
+    const attempt = attemptFor(socket, 'http', req.method);
+    afterPrevious(
+      socket,
+      () => {
+        conns.delete(socket);
+        handleUpgrade(ctx(), attempt, req, socket, head).catch((err) => socket.destroy(err as Error));
+      },
+      () => {
+        const target = guessTarget(req.method ?? 'GET', req.url ?? '');
+        ctx().audit.denied(
+          { ...attempt, dest_host: target?.host, dest_port: target?.port },
+          { reason: 'bad_request', enforced: true, error: 'the connection closed before the pipelined Upgrade could be answered' },
+        );
+        socket.destroy();
+      },
+    );
   });
 
   // Requests being handled. When the listener has closed (its connections
@@ -110,8 +191,9 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   // has closed the audit log.
   const exchanges = new Set<Exchange>();
 
-  server.on('request', (req: IncomingMessage, res: ServerResponse) => {
-    const ex: Exchange = { attempt: attemptFor(req.socket, 'http', req.method), req, res, refused: false };
+  const onRequest = (expectContinue: boolean) => (req: IncomingMessage, res: ServerResponse) => {
+    if (closing.has(req.socket)) return;
+    const ex: Exchange = { attempt: attemptFor(req.socket, 'http', req.method), req, res, refused: false, decided: false, expectContinue };
     const conn = conns.get(req.socket);
     if (conn) conn.current = ex;
     exchanges.add(ex);
@@ -119,33 +201,46 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     handleRequest(ctx(), ex, opts.handshakeTimeoutMs).catch((err) => {
       res.destroy(err as Error);
     });
-  });
+  };
+  server.on('request', onRequest(false));
+  // Without this listener Node answers 100 Continue itself, before the decision.
+  server.on('checkContinue', onRequest(true));
 
   const onClientError = (err: NodeJS.ErrnoException & { rawPacket?: Buffer }, socket: Socket) => {
+    const conn = conns.get(socket);
+    // The parser repeats its error on every later read: one refusal. And
+    // after an answer that closes the connection, later bytes are not read.
+    if (conn?.refusing || closing.has(socket)) return;
+    const current = conn?.current;
     if (err.code === 'ECONNRESET' || err.code === 'EPIPE' || !socket.writable) {
       socket.destroy();
       return;
     }
     const reason: Reason =
       err.code === 'ERR_HTTP_REQUEST_TIMEOUT' ? 'handshake_timeout' : err.code === 'HPE_HEADER_OVERFLOW' ? 'head_too_large' : 'bad_request';
-    const current = conns.get(socket)?.current;
     if (current && !current.req.complete) {
       // The parser failed inside the body of a request a handler already
-      // has (bad chunk, Transfer-Encoding not ending in chunked): that
-      // request is the malformed one; one record, and no second answer
-      // written over a response in progress.
+      // has (bad chunk, the client left mid-body): that request is the
+      // malformed one; one record, and no second answer written over a
+      // response in progress.
       refuseMalformed(ctx(), current, reason, err.code ?? err.message);
       return;
     }
+    if (conn) conn.refusing = true;
     const head = readRequestLine(err.rawPacket);
     const attempt = attemptFor(socket, head?.method === 'CONNECT' ? 'connect' : 'http', head?.method);
+    closeAfter(socket, conn?.requests ?? 0);
     const target = head ? guessTarget(head.method, head.target) : undefined;
     if (target) {
       attempt.dest_host = target.host;
       attempt.dest_port = target.port;
     }
     ctx().audit.denied(attempt, { reason, enforced: true, error: err.code ?? err.message });
-    closeWith(socket, rawResponse(reason, `${err.code ?? 'bad request'}`));
+    const refuse = () => closeWith(socket, rawResponse(reason, `${err.code ?? 'bad request'}`));
+    // Bytes after a complete request: that request is answered first.
+    const previous = current?.res;
+    if (!previous || previous.writableFinished || previous.destroyed) return refuse();
+    previous.once('close', () => (socket.destroyed || socket.writableEnded ? undefined : refuse()));
   };
   server.on('clientError', onClientError);
 
@@ -157,7 +252,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   const admission = opts.admission;
   if (admission) {
     const done = (req: IncomingMessage) => admission.handshakeDone(req.socket);
-    server.prependListener('request', done).prependListener('connect', done);
+    server.prependListener('request', done).prependListener('checkContinue', done).prependListener('connect', done).prependListener('upgrade', done);
   }
 
   const front = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
@@ -249,16 +344,18 @@ function refuse(ctx: EgressContext, attempt: Attempt, socket: Socket, err: unkno
 }
 
 /**
- * Refuse a malformed request once: audit it, answer 400 and close, or cut
- * the connection when an answer is already under way; a running forward is
- * aborted (its close record follows).
+ * Refuse a malformed request once: answer 400 and close, or cut the
+ * connection when an answer is already under way. Its one decision record
+ * is this denial, unless its decision was written already: then a running
+ * forward is aborted and its close record carries the reason.
  */
 function refuseMalformed(ctx: EgressContext, ex: Exchange, reason: Reason, detail: string): void {
   if (ex.refused) return;
   ex.refused = true;
-  ctx.audit.denied(ex.attempt, { reason, enforced: true, error: detail });
-  ex.abort?.('client_error');
-  if (!ex.res.headersSent) answer(ex.res, reason, detail, true);
+  closeAfter(ex.req.socket, ex.attempt.request!);
+  if (!ex.decided) ctx.audit.denied(ex.attempt, { reason, enforced: true, error: detail });
+  ex.abort?.('client_error', { reason, error: detail });
+  if (!ex.res.headersSent) reply(ex, reason, detail, true);
   else if (!ex.res.writableEnded) ex.res.destroy();
   else ex.req.socket.end();
 }
@@ -274,19 +371,21 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
   }
   attempt.dest_host = url.target.host;
   attempt.dest_port = url.target.port;
-  // RFC 9112 6.3: a request whose Transfer-Encoding does not end in chunked
-  // has no reliable length. Node's parser rejects it only after this handler
-  // has run; refuse it before any dial.
-  const te = req.headers['transfer-encoding'];
-  if (te !== undefined && !/(?:^|,)[ \t]*chunked[ \t]*$/i.test(te)) {
-    return refuseMalformed(ctx, ex, 'bad_request', `Transfer-Encoding must end in chunked: ${te}`);
-  }
-  const result = await openEgress(ctx, attempt, url.target);
+  const problem = headProblem(req.rawHeaders);
+  if (problem) return refuseMalformed(ctx, ex, problem.reason, problem.detail);
+
+  let headers = forwardRequestHeaders(req.rawHeaders, url.authority);
+  const hops = maxForwards(req.method, headers);
+  if (hops === 'answer') return answerLocally(ctx, ex, url.target, bodyTimeoutMs);
+  if (hops) headers = hops;
+
+  const result = await openEgress(ctx, attempt, url.target, { cancelled: () => cancelled(ex) });
+  if (!result.ok && result.cancelled) return;
+  ex.decided = true;
   if (!result.ok) {
-    if (!ex.refused) {
-      answer(res, result.reason, result.message, false);
-      discardBody(req, bodyTimeoutMs);
-    }
+    // A client waiting for 100 Continue sends no body: the connection ends with the answer.
+    reply(ex, result.reason, result.message, ex.expectContinue && !req.complete);
+    discardBody(req, bodyTimeoutMs);
     return;
   }
 
@@ -295,9 +394,10 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
   const started = Date.now();
   let bytesUp = 0;
   let bytesDown = 0;
+  let status: number | undefined;
   let done = false;
   const socket = req.socket;
-  const finish = (close_reason: 'done' | 'client_closed' | 'client_error' | 'upstream_error' | 'idle_timeout' | 'shutdown') => {
+  const finish = (close_reason: CloseReason, failure?: Failure) => {
     if (done) return;
     done = true;
     socket.removeListener('close', onSocketClose);
@@ -308,6 +408,8 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
       bytes_down: bytesDown,
       duration_ms: Date.now() - started,
       close_reason,
+      status: res.headersSent ? res.statusCode : status,
+      ...failure,
     });
   };
   // A response queued behind others (pipelining) hears nothing when the
@@ -316,8 +418,6 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
     finish(ctx.stopped ? 'shutdown' : 'client_closed');
     res.destroy();
   };
-  // Refused as malformed while the dial was under way.
-  if (ex.refused) return finish('client_error');
   // The client, or the whole gateway, went away while we were dialling.
   if (res.destroyed || socket.destroyed) return finish(ctx.stopped ? 'shutdown' : 'client_closed');
   socket.once('close', onSocketClose);
@@ -328,11 +428,23 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
       res.destroy();
     });
   }
+  /** The origin's answer cannot be relayed: 502, and the same reason on the close record. */
+  const badResponse = (error: string) => {
+    if (done) return;
+    const failure: Failure = { reason: 'upstream_bad_response', error };
+    if (!res.headersSent) {
+      reply(ex, 'upstream_bad_response', error, true);
+      finish('upstream_error', failure);
+    } else {
+      finish('upstream_error', failure);
+      res.destroy();
+    }
+  };
 
-  const headers = forwardRequestHeaders(req.rawHeaders, url.authority);
   // Framing is per hop, but a chunked body stays chunked: without the header
   // Node would send a GET's or DELETE's body unframed, for the origin to read
   // as the next request. Node re-chunks what the parser de-chunked.
+  const te = req.headers['transfer-encoding'];
   if (te !== undefined) headers.push('Transfer-Encoding', te);
   const upReq = http.request({
     method: req.method,
@@ -342,7 +454,15 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
     createConnection: () => upstream,
   });
   upReq.on('response', (upRes) => {
-    res.writeHead(upRes.statusCode ?? 502, upRes.statusMessage, forwardResponseHeaders(upRes.rawHeaders));
+    status = upRes.statusCode ?? 502;
+    try {
+      res.writeHead(status, upRes.statusMessage, forwardResponseHeaders(upRes.rawHeaders));
+    } catch (err) {
+      // A head Node's client parser took but its server will not write.
+      status = undefined;
+      upRes.destroy();
+      return badResponse(`unrelayable response head: ${(err as Error).message}`);
+    }
     upRes.on('data', (chunk: Buffer) => {
       bytesDown += chunk.length;
     });
@@ -352,12 +472,9 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
       res.destroy();
     });
   });
-  upReq.on('error', (err) => {
-    if (done) return;
-    if (!res.headersSent) answer(res, 'connect_failed', err.message, true);
-    else res.destroy();
-    finish('upstream_error');
-  });
+  // Before a response: the origin closed without answering, or its head
+  // could not be parsed (both Content-Length and Transfer-Encoding, ...).
+  upReq.on('error', (err: NodeJS.ErrnoException) => badResponse(err.code ? `${err.code}: ${err.message}` : err.message));
   res.on('finish', () => finish('done'));
   res.on('close', () => {
     if (!res.writableFinished) finish('client_closed');
@@ -365,7 +482,56 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
   req.on('data', (chunk: Buffer) => {
     bytesUp += chunk.length;
   });
+  if (ex.expectContinue && !req.complete) res.writeContinue();
   req.pipe(upReq);
+}
+
+/** Methods the proxy forwards, for its own answer to OPTIONS. */
+const ALLOW = 'GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE, PATCH';
+
+/**
+ * TRACE or OPTIONS with Max-Forwards: 0 (RFC 9110 7.6.2): the proxy is the
+ * final recipient. The policy still decides (a denied host gets its 403);
+ * an allowed one is answered here, recorded as allowed (`local`) and closed.
+ */
+async function answerLocally(ctx: EgressContext, ex: Exchange, target: Target, bodyTimeoutMs: number) {
+  const { attempt, req, res } = ex;
+  const result = await judgeLocal(ctx, attempt, target, { cancelled: () => cancelled(ex) });
+  if (!result.ok && result.cancelled) return;
+  ex.decided = true;
+  if (!result.ok) {
+    reply(ex, result.reason, result.message, ex.expectContinue && !req.complete);
+    discardBody(req, bodyTimeoutMs);
+    return;
+  }
+  const body = req.method === 'TRACE' ? traceBody(req.method, req.url ?? '', req.httpVersion, req.rawHeaders) : '';
+  const started = Date.now();
+  res.writeHead(200, {
+    ...(req.method === 'TRACE' ? { 'Content-Type': 'message/http' } : { Allow: ALLOW }),
+    'Content-Length': Buffer.byteLength(body),
+    ...(ex.expectContinue && !req.complete ? { Connection: 'close' } : {}),
+  });
+  res.end(body);
+  discardBody(req, bodyTimeoutMs);
+  ctx.audit.closed(attempt, {
+    bytes_up: 0,
+    bytes_down: Buffer.byteLength(body),
+    duration_ms: Date.now() - started,
+    close_reason: 'done',
+    status: 200,
+  });
+}
+
+/** Refused meanwhile, or behind an answer that closes the connection: not to be decided. */
+function cancelled(ex: Exchange): boolean {
+  const n = closing.get(ex.req.socket);
+  return ex.refused || (n !== undefined && ex.attempt.request! > n);
+}
+
+/** The proxy's own error answer; one that closes marks the connection as closing. */
+function reply(ex: Exchange, reason: Reason, detail: string | undefined, close: boolean): void {
+  if (close) closeAfter(ex.req.socket, ex.attempt.request!);
+  answer(ex.res, reason, detail, close);
 }
 
 /**
@@ -380,53 +546,4 @@ function discardBody(req: IncomingMessage, ms: number): void {
   req.once('end', done);
   req.once('close', done);
   req.resume();
-}
-
-/** An error answer on a request the HTTP parser accepted. */
-function answer(res: ServerResponse, reason: Reason, detail: string | undefined, close: boolean): void {
-  const body = `${reason}${detail ? `: ${detail}` : ''}\n`;
-  res.writeHead(httpStatus(reason), {
-    'Content-Type': 'text/plain; charset=utf-8',
-    'Content-Length': Buffer.byteLength(body),
-    'X-Wa-Egress-Reason': reason,
-    ...(close ? { Connection: 'close' } : {}),
-  });
-  res.end(body);
-}
-
-/** An error answer written straight to a socket (CONNECT, parse errors). */
-export function rawResponse(reason: Reason, detail?: string): string {
-  const status = httpStatus(reason);
-  const body = `${reason}${detail ? `: ${detail}` : ''}\n`;
-  return (
-    `HTTP/1.1 ${status} ${http.STATUS_CODES[status]}\r\n` +
-    `Content-Type: text/plain; charset=utf-8\r\n` +
-    `Content-Length: ${Buffer.byteLength(body)}\r\n` +
-    `X-Wa-Egress-Reason: ${reason}\r\n` +
-    `Connection: close\r\n\r\n${body}`
-  );
-}
-
-/** The request line of a head Node's parser rejected, for the audit record. */
-function readRequestLine(raw: Buffer | undefined): { method: string; target: string } | undefined {
-  if (!raw?.length) return undefined;
-  const line = raw.subarray(0, 2048).toString('latin1').split(/\r?\n/, 1)[0]!;
-  const m = /^([A-Za-z]{1,20}) (\S{1,1024})/.exec(line);
-  return m ? { method: m[1]!.toUpperCase(), target: m[2]! } : undefined;
-}
-
-function guessTarget(method: string, target: string): Target | undefined {
-  try {
-    return method === 'CONNECT' ? parseHostPort(target) : parseAbsoluteUrl(target).target;
-  } catch {
-    return undefined;
-  }
-}
-
-/**
- * Answer and close: a refused client gets no half-open socket to keep, so
- * the socket is destroyed once the answer has been handed to the kernel.
- */
-function closeWith(socket: Socket, answer: string): void {
-  socket.end(answer, () => socket.destroy());
 }

@@ -1,29 +1,30 @@
 import { numberToV4, parseCidr, v4ToNumber, v6ToBigInt } from './ip.js';
+import { IPV4_REGISTRY, IPV6_REGISTRY, LOCAL_ROWS, type SpecialRange } from './special-registry.js';
 
 /**
- * Address classification: which special-purpose range an address lies in.
- * `range: null` means an ordinary public address. Addresses that embed an
- * IPv4 address (mapped, translated, compatible, NAT64) are classified as the
- * embedded IPv4 address, which is also what the policy's ranges are tested
- * against; 6to4 and Teredo are denied outright because the IPv4 endpoint they
- * tunnel to is not something the policy can see.
+ * Address classification: which special-purpose range an address lies in,
+ * from the IANA special-purpose registries (special-registry.ts: every row
+ * that is not globally reachable is denied; the most specific row decides).
+ * `range: null` means an ordinary public address.
+ *
+ * Addresses that embed an IPv4 address are judged by it:
+ * - IPv4-mapped (::ffff:0:0/96) and -translated (::ffff:0:0:0/96): judged
+ *   and dialled as the IPv4 address.
+ * - NAT64 64:ff9b::/96 (globally reachable): judged as the IPv4 address,
+ *   dialled as IPv6 (the network translates).
+ * - Local-use NAT64 64:ff9b:1::/48 (not globally reachable) and the
+ *   deprecated IPv4-compatible ::/96: denied, named by the embedded IPv4
+ *   address's range when it has one (`nat64_local`, `deprecated`
+ *   otherwise); the embedded address is what allow_ranges and ip_ranges
+ *   are tested against.
+ * - 6to4 (2002::/16) and Teredo (2001::/32, the client address is the
+ *   inverted last 32 bits): denied whatever they embed, because what lies
+ *   behind the tunnel is not something the policy can see; the IPv4
+ *   endpoint is given as `embedded` (for explanations). allow_ranges must
+ *   list the IPv6 address itself to allow one.
  */
 
-export type SpecialRange =
-  | 'unspecified'
-  | 'private'
-  | 'shared_cgnat'
-  | 'loopback'
-  | 'link_local'
-  | 'ietf_protocol'
-  | 'documentation'
-  | 'benchmarking'
-  | 'multicast'
-  | 'reserved'
-  | 'unique_local'
-  | 'discard_only'
-  | 'ipv6_6to4'
-  | 'ipv6_teredo';
+export type { SpecialRange } from './special-registry.js';
 
 export interface Classified {
   /** The special range, or null for a public address. */
@@ -32,55 +33,50 @@ export interface Classified {
   effective: string;
   /** The address to dial: mapped/compatible forms are dialled as IPv4. */
   dial: string;
+  /** 6to4 and Teredo: the IPv4 address the tunnel leads to (informational). */
+  embedded?: string;
 }
 
-const V4_TABLE: [string, SpecialRange][] = [
-  ['0.0.0.0/8', 'unspecified'],
-  ['10.0.0.0/8', 'private'],
-  ['100.64.0.0/10', 'shared_cgnat'],
-  ['127.0.0.0/8', 'loopback'],
-  ['169.254.0.0/16', 'link_local'],
-  ['172.16.0.0/12', 'private'],
-  ['192.0.0.0/24', 'ietf_protocol'],
-  ['192.0.2.0/24', 'documentation'],
-  ['192.168.0.0/16', 'private'],
-  ['198.18.0.0/15', 'benchmarking'],
-  ['198.51.100.0/24', 'documentation'],
-  ['203.0.113.0/24', 'documentation'],
-  ['224.0.0.0/4', 'multicast'],
-  ['240.0.0.0/4', 'reserved'],
-];
+interface Entry<T> {
+  start: T;
+  end: T;
+  bits: number;
+  range: SpecialRange | null;
+}
 
-// Checked in order after the embedded-IPv4 prefixes below.
-const V6_TABLE: [string, SpecialRange][] = [
-  ['::/128', 'unspecified'],
-  ['::1/128', 'loopback'],
-  ['fc00::/7', 'unique_local'],
-  ['fe80::/10', 'link_local'],
-  ['ff00::/8', 'multicast'],
-  ['2001:db8::/32', 'documentation'],
-  ['100::/64', 'discard_only'],
-  ['2002::/16', 'ipv6_6to4'],
-  ['2001::/32', 'ipv6_teredo'],
-];
+/** Registry rows and local rows, most specific first: the first that contains an address decides. */
+function table(family: 4 | 6): Entry<bigint>[] {
+  const rows = [
+    ...(family === 4 ? IPV4_REGISTRY : IPV6_REGISTRY).flatMap((r) => r.blocks.map((block) => ({ block, range: r.range }))),
+    ...LOCAL_ROWS,
+  ];
+  return rows
+    .map(({ block, range }) => ({ c: parseCidr(block), range }))
+    .filter(({ c }) => c.family === family)
+    .map(({ c, range }) => ({ start: c.start, end: c.end, bits: Number(c.text.split('/')[1] ?? (family === 4 ? 32 : 128)), range }))
+    .sort((a, b) => b.bits - a.bits);
+}
 
-/** Prefixes whose low 32 bits are an IPv4 address; `dialV4`: dial that IPv4 address. */
-const EMBEDDED: { prefix: string; dialV4: boolean }[] = [
-  { prefix: '::ffff:0:0/96', dialV4: true }, // IPv4-mapped
-  { prefix: '::ffff:0:0:0/96', dialV4: true }, // IPv4-translated (SIIT)
-  { prefix: '64:ff9b::/96', dialV4: false }, // NAT64: the network translates it
-];
+const v4Table: Entry<number>[] = table(4).map((e) => ({ ...e, start: Number(e.start), end: Number(e.end) }));
+const v6Table = table(6);
 
-const v4Table = V4_TABLE.map(([cidr, range]) => {
-  const c = parseCidr(cidr);
-  return { start: Number(c.start), end: Number(c.end), range };
-});
-const v6Table = V6_TABLE.map(([cidr, range]) => ({ ...parseCidr(cidr), range }));
-const embedded = EMBEDDED.map((e) => ({ ...parseCidr(e.prefix), dialV4: e.dialV4 }));
-const COMPAT_END = (1n << 32n) - 1n; // ::/96 IPv4-compatible (except :: and ::1, tabled above)
+const LOW32 = (1n << 32n) - 1n;
+const prefix = (cidr: string) => parseCidr(cidr);
+const MAPPED = prefix('::ffff:0:0/96');
+const TRANSLATED = prefix('::ffff:0:0:0/96');
+const NAT64 = prefix('64:ff9b::/96');
+const NAT64_LOCAL = prefix('64:ff9b:1::/48');
+const SIX_TO_FOUR = prefix('2002::/16');
+const TEREDO = prefix('2001::/32');
+const inside = (n: bigint, c: { start: bigint; end: bigint }) => n >= c.start && n <= c.end;
 
 export function classifyV4(n: number): SpecialRange | null {
   for (const r of v4Table) if (n >= r.start && n <= r.end) return r.range;
+  return null;
+}
+
+function classifyV6(n: bigint): SpecialRange | null {
+  for (const r of v6Table) if (n >= r.start && n <= r.end) return r.range;
   return null;
 }
 
@@ -90,15 +86,24 @@ export function classify(ip: string): Classified {
   if (n4 !== null) return { range: classifyV4(n4), effective: ip, dial: ip };
   const n6 = v6ToBigInt(ip);
   if (n6 === null) throw new TypeError(`not an IP address: ${ip}`);
-  if (n6 > 1n && n6 <= COMPAT_END) return embeddedV4(Number(n6), true, ip);
-  for (const e of embedded) {
-    if (n6 >= e.start && n6 <= e.end) return embeddedV4(Number(n6 & COMPAT_END), e.dialV4, ip);
-  }
-  for (const r of v6Table) if (n6 >= r.start && n6 <= r.end) return { range: r.range, effective: ip, dial: ip };
-  return { range: null, effective: ip, dial: ip };
+  const low = Number(n6 & LOW32);
+  // IPv4-compatible ::/96, except :: and ::1 (their own registry rows).
+  if (n6 > 1n && n6 <= LOW32) return embeddedV4(low, 'deprecated', true, ip);
+  if (inside(n6, MAPPED) || inside(n6, TRANSLATED)) return embeddedV4(low, null, true, ip);
+  if (inside(n6, NAT64)) return embeddedV4(low, null, false, ip);
+  if (inside(n6, NAT64_LOCAL)) return embeddedV4(low, 'nat64_local', false, ip);
+  if (inside(n6, SIX_TO_FOUR)) return tunnelled(Number((n6 >> 80n) & LOW32), 'ipv6_6to4', ip);
+  if (inside(n6, TEREDO)) return tunnelled(~low >>> 0, 'ipv6_teredo', ip);
+  return { range: classifyV6(n6), effective: ip, dial: ip };
 }
 
-function embeddedV4(n: number, dialV4: boolean, ip: string): Classified {
+/** Judged as the embedded IPv4 address; `otherwise`: the range when that address is public. */
+function embeddedV4(n: number, otherwise: SpecialRange | null, dialV4: boolean, ip: string): Classified {
   const v4 = numberToV4(n);
-  return { range: classifyV4(n), effective: v4, dial: dialV4 ? v4 : ip };
+  return { range: classifyV4(n) ?? otherwise, effective: v4, dial: dialV4 ? v4 : ip };
+}
+
+/** 6to4 and Teredo: always denied as the tunnel they are, with the IPv4 endpoint they lead to. */
+function tunnelled(client: number, range: SpecialRange, ip: string): Classified {
+  return { range, effective: ip, dial: ip, embedded: numberToV4(client) };
 }

@@ -9,10 +9,15 @@ import { dnsChannel } from '../events.js';
  * thread pool) and answers are cached for their TTL (bounded in time and
  * entries; TTL 0 is never cached); otherwise the system resolver
  * (getaddrinfo) answers, uncached. Concurrent lookups of one name share a query.
+ * A and AAAA are asked together; once one has answered, the other gets a
+ * short resolution delay (RFC 8305 §3) and, if still silent, the answer
+ * that arrived is used alone instead of waiting out the timeout.
  */
 
 const MAX_CACHED = 10_000;
 const MAX_TTL_S = 300;
+/** RFC 8305 §3's recommended resolution delay. */
+export const RESOLUTION_DELAY_MS = 50;
 
 export interface ResolverOptions {
   /** Canonical name → canonical addresses, consulted before DNS. */
@@ -78,9 +83,17 @@ export class Resolver {
   }
 
   private async query(r: dns.Resolver, name: string): Promise<string[]> {
-    const [a, aaaa] = await Promise.allSettled([r.resolve4(name, { ttl: true }), r.resolve6(name, { ttl: true })]);
-    if (a.status === 'rejected' && aaaa.status === 'rejected') throw a.reason;
-    const answers = [...(a.status === 'fulfilled' ? a.value : []), ...(aaaa.status === 'fulfilled' ? aaaa.value : [])];
+    const a = settle(r.resolve4(name, { ttl: true }));
+    const aaaa = settle(r.resolve6(name, { ttl: true }));
+    const both = Promise.all([a.done, aaaa.done]);
+    // The first answer with addresses, or both failed...
+    await Promise.race([both, a.answered, aaaa.answered]);
+    // ...then the other gets the resolution delay.
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([both, new Promise((r) => (timer = setTimeout(r, RESOLUTION_DELAY_MS)))]);
+    clearTimeout(timer);
+    if (!a.value && !aaaa.value) throw a.error ?? aaaa.error;
+    const answers = [...(a.value ?? []), ...(aaaa.value ?? [])];
     const addresses = answers.map((x) => x.address);
     const ttl = Math.min(MAX_TTL_S, ...answers.map((x) => x.ttl));
     if (answers.length && ttl > 0) {
@@ -105,6 +118,31 @@ function timeQuery(query: Promise<unknown>): void {
     () => done(true),
     () => done(false),
   );
+}
+
+interface Settling<T> {
+  value?: T;
+  error?: unknown;
+  /** Settles when the query does, either way. */
+  done: Promise<void>;
+  /** Resolves only when the query answers with at least one record. */
+  answered: Promise<void>;
+}
+
+function settle<T extends unknown[]>(p: Promise<T>): Settling<T> {
+  const s = {} as Settling<T>;
+  let answered!: () => void;
+  s.answered = new Promise<void>((r) => (answered = r));
+  s.done = p.then(
+    (v) => {
+      s.value = v;
+      if (v.length) answered();
+    },
+    (err: unknown) => {
+      s.error = err;
+    },
+  );
+  return s;
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number, name: string): Promise<T> {

@@ -188,7 +188,7 @@ export class Metrics {
       buckets: LATENCY_BUCKETS,
       registers,
     });
-    const auditStat = (name: string, help: string, key: 'written' | 'waitingLines' | 'waitingBytes' | 'dropped', counter: boolean) => {
+    const auditStat = (name: string, help: string, key: keyof ReturnType<Audit['stats']>, counter: boolean) => {
       const collect = function (this: Gauge | Counter) {
         const v = gw.audit.stats()[key];
         this.reset();
@@ -201,6 +201,8 @@ export class Metrics {
     auditStat('wa_egress_audit_records_waiting', 'Audit records waiting to be written', 'waitingLines', false);
     auditStat('wa_egress_audit_waiting_bytes', 'Bytes of audit records waiting to be written', 'waitingBytes', false);
     auditStat('wa_egress_audit_records_dropped_total', 'Audit records dropped because too much was waiting', 'dropped', true);
+    auditStat('wa_egress_audit_file_replaced_total', 'Times the audit file path was found deleted or replaced (and reopened)', 'replaced', true);
+    auditStat('wa_egress_audit_file_reopen_failures_total', 'Failed attempts to reopen a deleted or replaced audit file path', 'reopenFailures', true);
     new Gauge({
       name: 'wa_egress_audit_writable',
       help: '1 while the audit destination takes writes, 0 while it fails',

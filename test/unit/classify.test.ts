@@ -41,13 +41,11 @@ const V4: Row[] = [
 const V6: Row[] = [
   { cidr: '::/128', range: 'unspecified', first: '::', last: '::', outside: [] },
   { cidr: '::1/128', range: 'loopback', first: '::1', last: '::1', outside: [] },
-  { cidr: 'fc00::/7', range: 'unique_local', first: 'fc00::', last: 'fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', null], ['fe00::', null]], inside: ['fd12:3456:789a::1'] },
-  { cidr: 'fe80::/10', range: 'link_local', first: 'fe80::', last: 'febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff', null], ['fec0::', null]], inside: ['fe80::1'] },
-  { cidr: 'ff00::/8', range: 'multicast', first: 'ff00::', last: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', null]], inside: ['ff02::1', 'ff05::1:3'] },
+  { cidr: 'fc00::/7', range: 'unique_local', first: 'fc00::', last: 'fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['fbff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', 'reserved'], ['fe00::', 'reserved']], inside: ['fd12:3456:789a::1'] },
+  { cidr: 'fe80::/10', range: 'link_local', first: 'fe80::', last: 'febf:ffff:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['fe7f:ffff:ffff:ffff:ffff:ffff:ffff:ffff', 'reserved'], ['fec0::', 'site_local']], inside: ['fe80::1'] },
+  { cidr: 'ff00::/8', range: 'multicast', first: 'ff00::', last: 'ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['feff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', 'site_local']], inside: ['ff02::1', 'ff05::1:3'] },
   { cidr: '2001:db8::/32', range: 'documentation', first: '2001:db8::', last: '2001:db8:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['2001:db7:ffff:ffff:ffff:ffff:ffff:ffff', null], ['2001:db9::', null]], inside: ['2001:db8::1'] },
-  { cidr: '100::/64', range: 'discard_only', first: '100::', last: '100::ffff:ffff:ffff:ffff', outside: [['ff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', null], ['100:0:0:1::', null]], inside: ['100::1'] },
-  { cidr: '2002::/16', range: 'ipv6_6to4', first: '2002::', last: '2002:ffff:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['2001:ffff:ffff:ffff:ffff:ffff:ffff:ffff', null], ['2003::', null]], inside: ['2002:7f00:1::1', '2002:9df0:101::1'] },
-  { cidr: '2001::/32', range: 'ipv6_teredo', first: '2001::', last: '2001:0:ffff:ffff:ffff:ffff:ffff:ffff', outside: [['2000:ffff:ffff:ffff:ffff:ffff:ffff:ffff', null], ['2001:1::', null]], inside: ['2001:0:4136:e378:8000:63bf:3fff:fdd2'] },
+  { cidr: '100::/64', range: 'discard_only', first: '100::', last: '100::ffff:ffff:ffff:ffff', outside: [['ff:ffff:ffff:ffff:ffff:ffff:ffff:ffff', 'reserved'], ['100:0:0:1::', 'dummy']], inside: ['100::1'] },
 ];
 
 describe('classify: special IPv4 ranges', () => {
@@ -130,7 +128,7 @@ describe('classify: IPv6 addresses that embed an IPv4 address', () => {
     ['::ffff:0:127.0.0.1', 'loopback', '127.0.0.1', '127.0.0.1'],
     ['::ffff:0:a00:1', 'private', '10.0.0.1', '10.0.0.1'],
     ['::ffff:0:9df0:101', null, '157.240.1.1', '157.240.1.1'],
-    // IPv4-compatible ::/96 (except :: and ::1): dialled as IPv4
+    // IPv4-compatible ::/96 (except :: and ::1, deprecated): named by the embedded address's range
     ['::7f00:1', 'loopback', '127.0.0.1', '127.0.0.1'],
     ['::127.0.0.1', 'loopback', '127.0.0.1', '127.0.0.1'],
     ['0:0:0:0:0:0:127.0.0.1', 'loopback', '127.0.0.1', '127.0.0.1'],
@@ -138,7 +136,8 @@ describe('classify: IPv6 addresses that embed an IPv4 address', () => {
     ['::2', 'unspecified', '0.0.0.2', '0.0.0.2'],
     ['::0.0.0.2', 'unspecified', '0.0.0.2', '0.0.0.2'],
     ['::ffff', 'unspecified', '0.0.255.255', '0.0.255.255'],
-    ['::9df0:101', null, '157.240.1.1', '157.240.1.1'],
+    // ... and denied as deprecated when the embedded address is public
+    ['::9df0:101', 'deprecated', '157.240.1.1', '157.240.1.1'],
     ['::ffff:ffff', 'reserved', '255.255.255.255', '255.255.255.255'],
     // NAT64 64:ff9b::/96: judged as the IPv4 address, dialled as IPv6 (the network translates)
     ['64:ff9b::7f00:1', 'loopback', '127.0.0.1', '64:ff9b::7f00:1'],
@@ -152,7 +151,8 @@ describe('classify: IPv6 addresses that embed an IPv4 address', () => {
     expect(cls(written)).toEqual({ range, effective, dial });
   });
 
-  // Just outside the embedding prefixes: ordinary IPv6 addresses.
+  // Just outside the embedding prefixes: not embedded IPv4 addresses (and,
+  // outside 2000::/3, reserved).
   it.each([
     '::1:0:0', // ::/96 ends at ::ffff:ffff
     '::fffe:7f00:1', // not ::ffff:0:0/96
@@ -160,11 +160,10 @@ describe('classify: IPv6 addresses that embed an IPv4 address', () => {
     '::ffff:1:7f00:1', // not ::ffff:0:0:0/96
     '::1:0:0:0',
     '64:ff9b::1:0:0', // beyond 64:ff9b::/96
-    '64:ff9b:1::7f00:1', // 64:ff9b:1::/48 is not in the table
     '64:ff9a:ffff:ffff:ffff:ffff:ffff:ffff',
   ])('%s is not an embedded IPv4 address', (ip) => {
     const canonical = canonicalIp(ip)!.ip;
-    expect(cls(ip)).toEqual({ range: null, effective: canonical, dial: canonical });
+    expect(cls(ip)).toEqual({ range: 'reserved', effective: canonical, dial: canonical });
   });
 
   it(':: and ::1 stay IPv6 (not 0.0.0.0 and 0.0.0.1)', () => {

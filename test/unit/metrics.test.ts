@@ -17,7 +17,7 @@ const config = parseConfig(
 );
 
 function observed(): Observed {
-  const audit = { stats: () => ({ written: 7, waitingLines: 2, waitingBytes: 300, dropped: 1 }), writable: true } as unknown as Audit;
+  const audit = { stats: () => ({ written: 7, waitingLines: 2, waitingBytes: 300, dropped: 1, replaced: 2, reopenFailures: 3 }), writable: true } as unknown as Audit;
   return { config, tunnels: new Set(), audit, admission: new Admission(() => config.limits), openConnections: () => [['proxy', 3]] };
 }
 
@@ -53,6 +53,8 @@ describe('metrics labels', () => {
       expect(p.get('wa_egress_audit_records_waiting')).toBe(2);
       expect(p.get('wa_egress_audit_waiting_bytes')).toBe(300);
       expect(p.get('wa_egress_audit_records_dropped_total')).toBe(1);
+      expect(p.get('wa_egress_audit_file_replaced_total')).toBe(2);
+      expect(p.get('wa_egress_audit_file_reopen_failures_total')).toBe(3);
       // A reload's ok event replaces the configuration in force.
       configChannel.publish({ result: 'ok', hash: 'ab12', loadedAt: 1700000000.5 });
       const q = parseProm(await m.text());
