@@ -1,5 +1,5 @@
-import { closeSync, fstatSync, fsyncSync, mkdirSync, openSync, statSync, writeSync } from 'node:fs';
-import { dirname } from 'node:path';
+import { closeSync, fstatSync, fsyncSync, statSync, writeSync } from 'node:fs';
+import { openAuditPath } from './audit-path.js';
 import { auditSinkChannel, type AuditSinkEvent } from './events.js';
 
 /**
@@ -67,11 +67,13 @@ export class AuditFile {
     if (this.fd !== 1) this.watch = setInterval(() => this.check(), WATCH_MS).unref();
   }
 
-  /** Opened synchronously: a path that cannot be opened is an error now, not later. */
+  /**
+   * Opened synchronously: a path that cannot be opened is an error now, not
+   * later (AuditPathError, in the words `config check` uses for the same path).
+   */
   private static open(path: string): number {
     if (path === '-') return 1;
-    mkdirSync(dirname(path), { recursive: true });
-    return openSync(path, 'a');
+    return openAuditPath(path);
   }
 
   /** pino's destination interface. */

@@ -18,8 +18,10 @@ const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policyS
 function mainHelp(): string {
   return `Usage: wa-egress <command> [options]
 
-An egress gateway: an HTTP CONNECT and HTTP proxy that lets clients reach
-only the destinations its policy allows, and audits every refusal.
+An egress gateway: an HTTP proxy (CONNECT and absolute-form HTTP), a SOCKS5
+proxy and raw TCP forward listeners that let clients reach only the
+destinations the policy allows. Every connection is audited: allowed ones
+(with bytes and duration when they close) as well as refusals.
 
 Commands:
 ${COMMANDS.map((c) => `  ${c.summary}`).join('\n')}
@@ -27,6 +29,9 @@ ${COMMANDS.map((c) => `  ${c.summary}`).join('\n')}
 Options:
   -h, --help                show help for a command
   -v, --version             print the version
+
+Run "wa-egress help COMMAND" (or "wa-egress COMMAND --help") for a command's
+options; "wa-egress help serve" lists the signals serve handles.
 `;
 }
 

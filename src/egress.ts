@@ -1,6 +1,7 @@
 import type { Socket } from 'node:net';
 import type { Attempt, Audit } from './audit.js';
 import { decide, type Decision, type DecisionContext } from './decide.js';
+import type { Logger } from './log.js';
 import { EgressError, type Reason } from './errors.js';
 import { dial } from './net/dial.js';
 import type { KeepAlive } from './net/keepalive.js';
@@ -15,6 +16,8 @@ import { Tunnel } from './tunnel.js';
 
 export interface EgressContext extends DecisionContext {
   audit: Audit;
+  /** Operational log: debug lines only, each behind isLevelEnabled so they cost nothing when off. */
+  log?: Logger;
   connectTimeoutMs: number;
   idleTimeoutMs: number;
   keepAlive: KeepAlive;
@@ -85,6 +88,9 @@ async function judge(ctx: EgressContext, attempt: Attempt, target: Target, opts:
     return { ok: false, reason: 'audit_unavailable' };
   }
   const d = await decide(ctx, target);
+  if (ctx.log?.isLevelEnabled('debug')) {
+    ctx.log.debug({ id: attempt.id, dest: `${target.host}:${target.port}`, verdict: d.verdict, rule: d.rule, addresses: d.addresses }, 'decision');
+  }
   if (opts.cancelled?.()) return CANCELLED;
   if (d.wouldDeny) {
     ctx.audit.denied(attempt, { ...d.wouldDeny, dest_ip: d.addresses[0], enforced: false });

@@ -79,6 +79,7 @@ export class Gateway {
     return {
       ...decisionContext(config, this.self),
       audit: this.audit,
+      log: this.log,
       connectTimeoutMs: config.timeouts.connect,
       idleTimeoutMs: config.timeouts.idle,
       keepAlive: keepAliveSettings(config),
@@ -94,10 +95,12 @@ export class Gateway {
 
   private listen(name: string, server: net.Server, { host, port }: ListenAddress): Promise<void> {
     return new Promise((resolve, reject) => {
-      server.once('error', reject);
+      // The listener's name goes with a bind error, so serve can point at its key.
+      const failed = (err: Error) => reject(Object.assign(err, { listener: name }));
+      server.once('error', failed);
       this.limitConnections(name, server);
       server.listen({ host, port, ipv6Only: host === '::' ? false : undefined }, () => {
-        server.removeListener('error', reject);
+        server.removeListener('error', failed);
         server.on('error', (err) => this.log?.error({ err, listener: name }, 'listener error'));
         const a = server.address() as AddressInfo;
         this.self.add(a.address, a.port);

@@ -1,26 +1,40 @@
 import { parseArgs } from 'node:util';
 import { DEFAULT_CONFIG, summarize } from '../config/load.js';
 import { keepAliveSettings } from '../config/schema.js';
-import { ConfigError } from '../errors.js';
 import { Gateway } from '../gateway.js';
 import { createLogger } from '../log.js';
 import { keepaliveMode } from '../native/sockopt.js';
 import { describeKeepAlive, keepAliveWarning } from '../net/keepalive.js';
 import { startAdmin, type Admin } from '../ops/admin.js';
-import { loadConfig, publishConfigLoad, type LoadedConfig } from '../ops/config-load.js';
+import { publishConfigLoad } from '../ops/config-load.js';
+import { loadForServe, startFailure } from '../ops/startup.js';
 import type { Command } from './command.js';
 
 const help = `Usage: wa-egress serve [--config FILE]
 
-Run the gateway. Without --config the bundled config/default.yaml is used:
-the WhatsApp Business API policy, listening on 0.0.0.0:3128, audit on stdout.
+Run the gateway: the HTTP proxy (CONNECT and absolute-form HTTP), the SOCKS5
+listener and raw TCP forward listeners the configuration names. Without
+--config the bundled config/default.yaml is used: the WhatsApp Business API
+policy, listening on 0.0.0.0:3128, audit on stdout. The configuration is
+checked as \`config check\` checks it; any problem (a bad key, an audit path
+that cannot be written, a listener that cannot bind) is printed as
+file:line:column: key.path: message, and the exit code is 1.
 
 Options:
   -c, --config FILE   configuration file (YAML)
   -h, --help          show this help
 
-Signals: SIGTERM and SIGINT flush the audit log and exit with code 0.
-Operational logs go to stderr; audit records go where audit.file says.
+Signals:
+  SIGTERM, SIGINT   stop: close the listeners, end open tunnels (each gets a
+                    close record), write every waiting audit record, exit 0;
+                    a second signal ends the process at once
+  SIGHUP            reload the configuration
+  SIGUSR1           reopen audit.file by its name (after logrotate moved it)
+
+Operational logs go to stderr as JSON lines (WA_EGRESS_LOG_LEVEL: debug, info,
+warn, error; default info); audit records go where audit.file says.
+As a service, run node directly (exec node .../dist/cli.js serve): npx leaves
+its child running when its own PID is signalled.
 `;
 
 async function run(args: string[]): Promise<void> {
@@ -28,31 +42,23 @@ async function run(args: string[]): Promise<void> {
   if (values.help) return void process.stdout.write(help);
   const log = createLogger();
   const file = values.config ?? DEFAULT_CONFIG;
-  let loaded: LoadedConfig;
-  try {
-    loaded = loadConfig(file);
-  } catch (err) {
-    if (!(err instanceof ConfigError)) throw err;
-    for (const issue of err.issues) log.error({ ...issue }, 'config error');
-    process.stderr.write(`wa-egress: invalid configuration:\n${err.message}\n`);
-    process.exit(1);
-  }
-  const { config } = loaded;
-  log.info({ config: file, summary: summarize(config), hash: loaded.hash }, 'configuration loaded');
+  const { loaded, hash } = loadForServe(file, log);
+  const config = loaded.config;
+  log.info({ config: file, summary: summarize(config), hash }, 'configuration loaded');
   const keepAlive = keepAliveSettings(config);
   log.info({ keepalive_mode: keepaliveMode() }, describeKeepAlive(keepAlive));
   const warning = keepAliveWarning(keepAlive);
   if (warning) log.warn({ keepalive_mode: 'node' }, warning);
-  const gw = await Gateway.start(config, log);
+  const gw = await Gateway.start(config, log).catch((err: unknown) => startFailure(loaded, err, log));
   let admin: Admin | undefined;
   if (config.listen.admin) {
     admin = await startAdmin(gw, config.listen.admin, () => gw.listening, log).catch(async (err: Error) => {
       await gw.close();
-      throw new Error(`listen.admin ${config.listen.admin!.text}: ${err.message}`);
+      return startFailure(loaded, Object.assign(err, { listener: 'admin' }), log);
     });
     gw.addOwnAddress(admin.address());
   }
-  publishConfigLoad('ok', loaded);
+  publishConfigLoad('ok', { config, hash });
   if (gw.fdLimit) {
     log.info({ fd_soft: gw.fdLimit.soft, fd_hard: gw.fdLimit.hard, max_client_connections: gw.fdLimit.clientBudget }, 'open-file limit');
   }

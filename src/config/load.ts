@@ -4,24 +4,45 @@ import { fileURLToPath } from 'node:url';
 import { isMap, isNode, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
+import { configErrorMap } from './messages.js';
 import { configSchema, type Config } from './schema.js';
 
 /** The configuration shipped with the package: the WhatsApp policy. */
 export const DEFAULT_CONFIG = resolve(dirname(fileURLToPath(import.meta.url)), '../../config/default.yaml');
 
+/** A validated configuration with what is needed to point at its keys. */
+export interface LoadedConfig {
+  config: Config;
+  file: string;
+  /** The file's text, and the document as plain data before validation. */
+  text: string;
+  raw: unknown;
+  /** An issue at a key path, with the file line and column where the key is. */
+  at(path: (string | number)[], message: string): ConfigIssue;
+}
+
 /** Read, parse and validate a config file; throws ConfigError listing every problem. */
 export function loadConfigFile(path: string): Config {
+  return loadConfigSource(path).config;
+}
+
+/** As loadConfigFile, keeping the document to locate later findings (config check, serve's start-up checks). */
+export function loadConfigSource(path: string): LoadedConfig {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
   } catch (err) {
     throw new ConfigError([{ path: '', file: path, message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` }]);
   }
-  return parseConfig(text, path);
+  return parseConfigSource(text, path);
 }
 
 /** Validate YAML text; `file` anchors relative paths and names the file in errors. */
 export function parseConfig(text: string, file: string): Config {
+  return parseConfigSource(text, file).config;
+}
+
+export function parseConfigSource(text: string, file: string): LoadedConfig {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   if (doc.errors.length) {
@@ -33,8 +54,14 @@ export function parseConfig(text: string, file: string): Config {
       }),
     );
   }
-  const result = configSchema(dirname(resolve(file))).safeParse(doc.toJS() ?? {});
-  if (result.success) return result.data;
+  const raw: unknown = doc.toJS() ?? {};
+  if (typeof raw !== 'object' || Array.isArray(raw)) {
+    throw new ConfigError([{ ...locate([], doc, lines, file, false), message: 'expected a mapping of keys (listen:, policy:, ...) at the top of the file' }]);
+  }
+  const result = configSchema(dirname(resolve(file))).safeParse(raw, { error: configErrorMap });
+  if (result.success) {
+    return { config: result.data, file, text, raw, at: (path, message) => ({ ...locate(path, doc, lines, file, false), message }) };
+  }
   throw new ConfigError(result.error.issues.flatMap((i) => toIssues(i, doc, lines, file)));
 }
 

@@ -1,4 +1,6 @@
 import { readFileSync } from 'node:fs';
+import { dirname, resolve } from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { unzipSync } from 'fflate';
 import { parseCidr, type Cidr } from '../net/ip.js';
 
@@ -7,6 +9,10 @@ import { parseCidr, type Cidr } from '../net/ip.js';
  * lines, LF or CRLF) or a zip of such text files, as the vendor ships it.
  * Errors name the file (and zip entry) and line.
  */
+
+/** Range lists the package ships, by the name `builtin:NAME` gives them: valid wherever the config file is. */
+const DATA = resolve(dirname(fileURLToPath(import.meta.url)), '../../config');
+export const BUILTIN_RANGES: Readonly<Record<string, string>> = { whatsapp: resolve(DATA, 'whatsapp_ips.zip') };
 
 // A local file header, or the end record that is all an empty zip holds.
 const ZIP_MAGIC = [0x50, 0x4b, 0x03, 0x04];

@@ -4,9 +4,9 @@ import { z } from 'zod';
 import { CidrSet, canonicalIp, parseCidr, type Cidr } from '../net/ip.js';
 import type { KeepAlive } from '../net/keepalive.js';
 import { normalizeHost, parseHostPort } from '../policy/hostport.js';
-import { compilePattern, HostMatcher } from '../policy/patterns.js';
+import { compilePattern, HostMatcher, type CompiledPattern } from '../policy/patterns.js';
 import type { Rule } from '../policy/policy.js';
-import { loadRangeFile } from './ranges.js';
+import { BUILTIN_RANGES, loadRangeFile } from './ranges.js';
 import { parseDnsSource, parseUrlSource, type RangeSource } from '../ranges/source.js';
 
 /**
@@ -17,17 +17,30 @@ import { parseDnsSource, parseUrlSource, type RangeSource } from '../ranges/sour
 
 const UNITS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000 };
 
+/**
+ * `250ms`, `10s`, `5m`, `1h`, or 0. A bare number other than 0 is refused:
+ * `keepalive: 30` would otherwise be 30 ms where 30 s was meant.
+ */
 export function parseDuration(v: number | string): number | null {
-  if (typeof v === 'number') return Number.isInteger(v) && v >= 0 ? v : null;
+  if (typeof v === 'number') return v === 0 ? 0 : null;
   const m = /^(\d+)(ms|s|m|h)?$/.exec(v.trim());
-  return m ? Number(m[1]) * UNITS[m[2] ?? 'ms']! : null;
+  if (!m || (m[2] === undefined && Number(m[1]) !== 0)) return null;
+  return Number(m[1]) * UNITS[m[2] ?? 'ms']!;
+}
+
+function durationProblem(v: unknown): string {
+  const bare = typeof v === 'number' ? v : typeof v === 'string' && /^\s*\d+(\.\d+)?\s*$/.test(v) ? Number(v) : undefined;
+  if (bare !== undefined && Number.isFinite(bare) && bare > 0) {
+    return `${bare} has no unit: write ${bare}s or ${bare * 1000}ms (units ms, s, m, h; only 0 may be bare)`;
+  }
+  return `expected a duration such as 250ms, 10s, 5m or 1h (or 0), got ${JSON.stringify(v)}`;
 }
 
 const duration = (min = 0) =>
-  z.union([z.number(), z.string()]).transform((v, ctx) => {
-    const ms = parseDuration(v);
+  z.unknown().transform((v, ctx) => {
+    const ms = typeof v === 'number' || typeof v === 'string' ? parseDuration(v) : null;
     if (ms === null) {
-      ctx.addIssue({ code: 'custom', message: `expected a duration such as 10s, 5m, 1h or milliseconds, got ${JSON.stringify(v)}` });
+      ctx.addIssue({ code: 'custom', message: durationProblem(v) });
       return z.NEVER;
     }
     if (ms < min) {
@@ -85,6 +98,40 @@ const keepalive = z.unknown().transform((v, ctx): z.output<typeof keepaliveObjec
 export function keepAliveSettings(c: Config): KeepAlive {
   return { idleMs: c.keepalive.idle, intervalMs: c.keepalive.interval, count: c.keepalive.count, userTimeoutMs: c.timeouts.user_timeout };
 }
+
+const SIZE_UNITS: Record<string, number> = { b: 1, kib: 1024, mib: 1024 ** 2, gib: 1024 ** 3, kb: 1000, mb: 1000 ** 2, gb: 1000 ** 3 };
+
+/** `512B`, `64KiB`, `1MiB`, `1GiB` (or kB, MB, GB), or 0; a bare number other than 0 is refused. */
+export function parseSize(v: number | string): number | null {
+  if (typeof v === 'number') return v === 0 ? 0 : null;
+  const m = /^(\d+)\s*([A-Za-z]+)?$/.exec(v.trim());
+  if (!m) return null;
+  if (m[2] === undefined) return Number(m[1]) === 0 ? 0 : null;
+  const unit = SIZE_UNITS[m[2].toLowerCase()];
+  return unit === undefined ? null : Number(m[1]) * unit;
+}
+
+/** A size key (for `limits:` and the like): bytes after parsing. */
+export const size = (min = 0) =>
+  z.unknown().transform((v, ctx) => {
+    const bytes = typeof v === 'number' || typeof v === 'string' ? parseSize(v) : null;
+    if (bytes === null) {
+      const bare = typeof v === 'number' || (typeof v === 'string' && /^\s*\d+\s*$/.test(v)) ? Number(v) : undefined;
+      ctx.addIssue({
+        code: 'custom',
+        message:
+          bare !== undefined && bare > 0
+            ? `${bare} has no unit: write ${bare}B, or e.g. ${bare}KiB (units B, KiB, MiB, GiB, kB, MB, GB; only 0 may be bare)`
+            : `expected a size such as 64KiB, 1MiB or 512B (or 0), got ${JSON.stringify(v)}`,
+      });
+      return z.NEVER;
+    }
+    if (bytes < min) {
+      ctx.addIssue({ code: 'custom', message: `must be at least ${min} bytes` });
+      return z.NEVER;
+    }
+    return bytes;
+  });
 
 export interface ListenAddress {
   host: string;
@@ -180,23 +227,42 @@ function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
   });
 }
 
+/** A rule's entries as compiled, for `config check`'s notes and warnings. */
+export interface RuleSource {
+  hosts: CompiledPattern[];
+  /** Per `ip_ranges` entry: its CIDRs, or the feed (`url:`, `dns:`) that keeps them current. */
+  ipRanges: (Cidr[] | RangeSource)[];
+}
+
+function builtinRanges(name: string): Cidr[] {
+  const path = BUILTIN_RANGES[name];
+  if (!path) throw new Error(`no built-in range list "${name}"; built-in lists: ${Object.keys(BUILTIN_RANGES).map((n) => `builtin:${n}`).join(', ')}`);
+  return loadRangeFile(path);
+}
+
 export function configSchema(baseDir: string) {
   /**
    * A CIDR or an address, or a prefixed entry: `file:path` (text or zip,
-   * relative to the config file), `url:https://…` or `dns:HOSTNAME` (kept
-   * current by the range feeds). One parser per prefix.
+   * relative to the config file), `builtin:NAME` (a list the package ships,
+   * valid wherever the config file is), `url:https://…` or `dns:HOSTNAME`
+   * (kept current by the range feeds). One parser per prefix.
    */
   const RANGE_PREFIXES: readonly [prefix: string, parse: (rest: string) => Cidr[] | RangeSource][] = [
     ['file:', (file) => loadRangeFile(isAbsolute(file) ? file : resolve(baseDir, file))],
+    ['builtin:', builtinRanges],
     ['url:', parseUrlSource],
     ['dns:', parseDnsSource],
   ];
-  const ipRange = z.string().transform((v, ctx): Cidr[] | RangeSource => {
+  const ipRange = z.string({ error: 'expected a CIDR, an address, or file:, builtin:, url: or dns: entry' }).transform((v, ctx): Cidr[] | RangeSource => {
     const prefixed = RANGE_PREFIXES.find(([prefix]) => v.startsWith(prefix));
     try {
       return prefixed ? prefixed[1](v.slice(prefixed[0].length)) : [parseCidr(v)];
     } catch (err) {
-      ctx.addIssue({ code: 'custom', message: (err as Error).message });
+      // "http://…" or "files:…" is more likely a mistyped prefix than a bad CIDR ("fe80::/10" is a CIDR).
+      const unknown = !prefixed && /^([a-z]+):/.exec(v)?.[1];
+      const known = RANGE_PREFIXES.map(([prefix]) => prefix).join(', ');
+      const hint = unknown && !/^[0-9a-f]{1,4}:/i.test(v) ? ` ("${unknown}:" is not a range source; sources: ${known})` : '';
+      ctx.addIssue({ code: 'custom', message: `${(err as Error).message}${hint}` });
       return z.NEVER;
     }
   });
@@ -214,7 +280,7 @@ export function configSchema(baseDir: string) {
       message: 'a rule needs hosts and/or ip_ranges',
     })
     .transform(
-      (r): Rule & { patterns: number; cidrs: number; fixed: Cidr[]; sources: RangeSource[] } => {
+      (r): Rule & { patterns: number; cidrs: number; fixed: Cidr[]; sources: RangeSource[]; source: RuleSource } => {
         const fixed = r.ip_ranges.filter((e): e is Cidr[] => Array.isArray(e)).flat();
         const sources = r.ip_ranges.filter((e): e is RangeSource => !Array.isArray(e));
         return {
@@ -227,11 +293,12 @@ export function configSchema(baseDir: string) {
           cidrs: fixed.length,
           fixed,
           sources,
+          source: { hosts: r.hosts, ipRanges: r.ip_ranges },
         };
       },
     );
 
-  const dnsHosts = z.record(z.string(), z.union([z.string(), z.array(z.string()).min(1)])).transform((rec, ctx) => {
+  const dnsHosts = z.record(z.string(), z.union([z.string(), z.array(z.string()).min(1)], { error: 'expected an IP address or a list of them' })).transform((rec, ctx) => {
     const map = new Map<string, string[]>();
     for (const [key, value] of Object.entries(rec)) {
       let name: string;

@@ -5,15 +5,20 @@ import { isValidName } from './hostport.js';
 /**
  * Hostname patterns, compiled once at load.
  *
- * - A pattern containing `.*` is in the vendor's notation: `.*` stands for one
- *   or more hostname characters (dots included) and every other `.` is literal,
- *   so `.*.cdn.whatsapp.net` matches `a.b.cdn.whatsapp.net` but not
- *   `evilcdn.whatsapp.net`.
- * - Any other pattern with glob characters is a glob over labels: `*` is
- *   exactly one label, `**` one or more labels; `?`, `[...]` and `{a,b}` work
- *   within a label (picomatch, with `.` playing the role of `/`).
+ * - The vendor's notation: `.*` stands for one or more hostname characters
+ *   (dots included) and every other `.` is literal, so `.*.cdn.whatsapp.net`
+ *   matches `a.b.cdn.whatsapp.net` but not `evilcdn.whatsapp.net`.
+ * - A glob over labels: `*` is exactly one label, `**` one or more labels;
+ *   `?`, `[...]` and `{a,b}` work within a label (picomatch, with `.` playing
+ *   the role of `/`).
  * - A plain name matches itself only.
- * Names given to `matches` must already be canonical (see hostport.ts).
+ *
+ * `glob:` and `vendor:` prefixes choose the notation outright. Unprefixed, a
+ * pattern that starts with `*` or holds `**`, `?`, `[` or `{` is a glob; else
+ * one holding `.*` is the vendor's; else any `*` makes a glob. A pattern that
+ * both notations could read is marked `ambiguous` so `config check` can say
+ * how it was read. Names given to `matches` must already be canonical (see
+ * hostport.ts).
  */
 
 export type PatternKind = 'exact' | 'vendor' | 'glob';
@@ -28,7 +33,12 @@ export interface CompiledPattern {
   prefix?: string;
   suffix?: string;
   glob?: (slashed: string) => boolean;
+  /** Unprefixed, and the other notation would also have read it (differently). */
+  ambiguous?: boolean;
 }
+
+/** The explicit notation prefixes. */
+export const PATTERN_PREFIXES = ['glob:', 'vendor:'] as const;
 
 const HOST_CHARS = '[a-z0-9_.-]+';
 const GLOB_LABEL = /^(\*\*|[a-z0-9_\-*?[\]{},!]+)$/;
@@ -51,44 +61,80 @@ function toAscii(pattern: string): string {
 /** Compile one pattern; throws an Error that says what is wrong with it. */
 export function compilePattern(pattern: string): CompiledPattern {
   if (typeof pattern !== 'string' || pattern.trim() === '') throw new Error('empty pattern');
-  const p = toAscii(pattern);
+  const prefix = /^(glob|vendor):/.exec(pattern.trim())?.[1] as 'glob' | 'vendor' | undefined;
+  const body = prefix ? pattern.trim().slice(prefix.length + 1) : pattern;
+  if (body.trim() === '') throw new Error(`"${pattern}": empty pattern after "${prefix}:"`);
+  const p = toAscii(body);
   if (p.replace(/[*.?]/g, '') === '') {
     throw new Error(`"${pattern}" would match every name; list the domains you mean`);
   }
-  if (p.includes('.*')) {
+  if (prefix === 'vendor') return vendorPattern(pattern, p);
+  if (prefix === 'glob') return globPattern(pattern, p);
+  if (p.includes('.*') && !GLOB_FIRST.test(p)) {
     const parts = p.split('.*');
-    for (const part of parts) {
-      if (part.includes('*')) {
-        throw new Error(`"${pattern}" mixes the vendor's ".*" notation with glob "*"; use one or the other`);
-      }
-      if (!/^[a-z0-9_.-]*$/.test(part)) throw new Error(`"${pattern}" has a character that is not valid in a hostname`);
+    if (parts.some((part) => part.includes('*'))) {
+      throw new Error(
+        `"${pattern}" mixes the vendor's ".*" notation with glob "*": write "glob:${body}" or "vendor:${body}" to say which`,
+      );
     }
-    return {
-      source: pattern,
-      kind: 'vendor',
-      regex: new RegExp(`^${parts.map(escapeRegex).join(HOST_CHARS)}$`),
-      prefix: parts[0],
-      suffix: parts.at(-1),
-    };
+    return { ...vendorPattern(pattern, p), ambiguous: plausibleGlob(p) && readsAs(() => globPattern(pattern, p)) };
   }
   if (/[*?[\]{}]/.test(p)) {
-    const labels = p.split('.');
-    for (const label of labels) {
-      if (!GLOB_LABEL.test(label)) throw new Error(`"${pattern}": bad label "${label}" in glob`);
-      if (label.includes('**') && label !== '**') throw new Error(`"${pattern}": "**" must be a whole label`);
-    }
-    // picomatch's `**` also matches zero segments; ours means one or more labels.
-    const slashed = labels.map((l) => (l === '**' ? '*/**' : l)).join('/');
-    let glob: (s: string) => boolean;
-    try {
-      glob = picomatch(slashed, { dot: true, nonegate: true, noextglob: true });
-    } catch (err) {
-      throw new Error(`"${pattern}": ${(err as Error).message}`);
-    }
-    return { source: pattern, kind: 'glob', glob };
+    const glob = globPattern(pattern, p);
+    return p.includes('.*') ? { ...glob, ambiguous: readsAs(() => vendorPattern(pattern, p)) } : glob;
   }
   if (!isValidName(p)) throw new Error(`"${pattern}" is not a valid hostname`);
   return { source: pattern, kind: 'exact', name: p };
+}
+
+/** Unprefixed patterns read as globs even when they hold `.*`. */
+const GLOB_FIRST = /^\*|\*\*|[?[\]{}]/;
+
+/** A glob reading only competes when its literal labels could be hostname labels (`media-` cannot). */
+function plausibleGlob(p: string): boolean {
+  return p.split('.').every((l) => /[*?[\]{}]/.test(l) || /^[a-z0-9_]([a-z0-9_-]*[a-z0-9_])?$/.test(l));
+}
+
+function readsAs(other: () => CompiledPattern): boolean {
+  try {
+    other();
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+function vendorPattern(pattern: string, p: string): CompiledPattern {
+  const parts = p.split('.*');
+  for (const part of parts) {
+    if (part.includes('*')) throw new Error(`"${pattern}": in the vendor's notation "*" only appears as ".*"`);
+    if (!/^[a-z0-9_.-]*$/.test(part)) throw new Error(`"${pattern}" has a character that is not valid in a hostname`);
+  }
+  if (parts.length === 1) throw new Error(`"${pattern}": a vendor pattern needs ".*"`);
+  return {
+    source: pattern,
+    kind: 'vendor',
+    regex: new RegExp(`^${parts.map(escapeRegex).join(HOST_CHARS)}$`),
+    prefix: parts[0],
+    suffix: parts.at(-1),
+  };
+}
+
+function globPattern(pattern: string, p: string): CompiledPattern {
+  const labels = p.split('.');
+  for (const label of labels) {
+    if (!GLOB_LABEL.test(label)) throw new Error(`"${pattern}": bad label "${label}" in glob`);
+    if (label.includes('**') && label !== '**') throw new Error(`"${pattern}": "**" must be a whole label`);
+  }
+  // picomatch's `**` also matches zero segments; ours means one or more labels.
+  const slashed = labels.map((l) => (l === '**' ? '*/**' : l)).join('/');
+  let glob: (s: string) => boolean;
+  try {
+    glob = picomatch(slashed, { dot: true, nonegate: true, noextglob: true });
+  } catch (err) {
+    throw new Error(`"${pattern}": ${(err as Error).message}`);
+  }
+  return { source: pattern, kind: 'glob', glob };
 }
 
 /** One rule's `hosts`, compiled: a set lookup for names, then the patterns. */
