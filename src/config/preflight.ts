@@ -13,7 +13,7 @@ import type { Config } from './schema.js';
  */
 
 /** Listener addresses are the one thing only binding can prove. */
-export const BIND_NOTE = 'listener addresses are not bound here: an address in use or not on this host shows only when serve starts';
+export const BIND_NOTE = 'listener addresses are not bound by a check: one in use or not on this host shows when serve starts';
 
 /** What serve would fail on at start, besides binding its listeners. */
 export function startProblems(loaded: LoadedConfig): ConfigIssue[] {

@@ -160,7 +160,7 @@ describe('parseConfig: patterns', () => {
     ['*', /would match every name/],
     ['**', /would match every name/],
     ['.*', /would match every name/],
-    ['*.cdn.*', /mixes/],
+    ['a*.*.cdn.com', /mixes/],
     ['a b.com', /not a valid hostname/],
     ['', /empty pattern/],
   ])('%j', (pattern, message) => {
@@ -215,7 +215,6 @@ describe('parseConfig: durations', () => {
     ['10s', 10_000],
     ['5m', 300_000],
     ['1h', 3_600_000],
-    ['250', 250],
     ['250ms', 250],
     ['0', 0],
     ['"0"', 0],
@@ -227,7 +226,7 @@ describe('parseConfig: durations', () => {
   });
 
   it('all duration keys, with defaults', () => {
-    const c = parseConfig(withRule('timeouts:', '  connect: 5m', '  handshake: 250', '  dns: 1h', 'keepalive: 0'), file);
+    const c = parseConfig(withRule('timeouts:', '  connect: 5m', '  handshake: 250ms', '  dns: 1h', 'keepalive: 0'), file);
     expect(c.timeouts).toEqual({ connect: 300_000, idle: 0, handshake: 250, dns: 3_600_000, user_timeout: 0 });
     expect(c.keepalive.idle).toBe(0);
     const d = parseConfig(withRule(), file);
@@ -258,7 +257,7 @@ describe('parseConfig: durations', () => {
   it('parseDuration', () => {
     expect(parseDuration('10s')).toBe(10_000);
     expect(parseDuration(' 5m ')).toBe(300_000);
-    expect(parseDuration(250)).toBe(250);
+    expect(parseDuration(250)).toBeNull();
     expect(parseDuration(0)).toBe(0);
     expect(parseDuration(-1)).toBeNull();
     expect(parseDuration(1.5)).toBeNull();

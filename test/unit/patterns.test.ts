@@ -130,14 +130,23 @@ describe('compilePattern: errors', () => {
     expect(() => compilePattern(p)).toThrow(/would match every name/);
   });
 
-  // Any pattern containing ".*" is in the vendor's notation, so a glob "*"
-  // label after a dot cannot be written: "*.*.example.com" is an error.
-  it.each(['*.cdn.*', '*.b.*.c', 'a*.*.example.com', '*.*.example.com', 'a.**.b.com', '**.*.example.com'])(
-    '%j mixes ".*" with glob "*"',
-    (p) => {
-      expect(() => compilePattern(p)).toThrow(/mixes/);
-    },
-  );
+  // Unprefixed, a pattern that starts with "*" or holds "**" is a glob even
+  // when it holds ".*" (README: Patterns); one that would read ".*" in the
+  // vendor's notation and still has a glob "*" is refused.
+  it.each(['a*.*.example.com', 'x-*.*.example.com'])('%j mixes ".*" with glob "*"', (p) => {
+    expect(() => compilePattern(p)).toThrow(/mixes/);
+  });
+  it.each([
+    ['*.cdn.*', 'a.cdn.b', 'cdn.b'],
+    ['*.b.*.c', 'a.b.x.c', 'a.b.x.y.c'],
+    ['*.*.example.com', 'a.b.example.com', 'a.example.com'],
+    ['a.**.b.com', 'a.x.y.b.com', 'a.b.com'],
+    ['**.*.example.com', 'x.y.example.com', 'y.example.com'],
+  ])('%j is a glob', (p, yes, no) => {
+    expect(compilePattern(p).kind).toBe('glob');
+    expect(matches(p, yes)).toBe(true);
+    expect(matches(p, no)).toBe(false);
+  });
 
   it.each(['', '   '])('%j is an empty pattern', (p) => {
     expect(() => compilePattern(p)).toThrow(/empty/);
