@@ -108,17 +108,14 @@ export function warnings(loaded: LoadedConfig): ConfigIssue[] {
   return out;
 }
 
-/** How each pattern that both notations could read was read. */
+/** How each unprefixed pattern that both notations could read was read (always the vendor's way: see patterns.ts). */
 export function notes(loaded: LoadedConfig): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   loaded.config.policy.rules.forEach((rule, i) => {
     rule.source.hosts.forEach((p, j) => {
       if (!p.ambiguous) return;
       const body = p.source.trim();
-      const reading =
-        p.kind === 'vendor'
-          ? `read in the vendor's notation (".*" is one or more hostname characters, dots included); write "glob:${body}" to read it as a glob`
-          : `read as a glob ("*" is one label, "**" one or more); write "vendor:${body}" to read ".*" in the vendor's notation`;
+      const reading = `read in the vendor's notation (".*" is one or more hostname characters, dots included); write "glob:${body}" to read it as a glob`;
       out.push(loaded.at(['policy', 'rules', i, 'hosts', j], `"${body}" ${reading}`));
     });
   });

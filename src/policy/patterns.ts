@@ -15,9 +15,9 @@ import { isValidName } from './hostport.js';
  *
  * `glob:` and `vendor:` prefixes choose the notation outright. Unprefixed, a
  * pattern that starts with `*` or holds `**`, `?`, `[` or `{` is a glob; else
- * one holding `.*` is the vendor's; else any `*` makes a glob. A pattern that
- * both notations could read is marked `ambiguous` so `config check` can say
- * how it was read. Names given to `matches` must already be canonical (see
+ * one holding `.*` is the vendor's; else any `*` makes a glob. A vendor
+ * pattern that would also be a valid glob is marked `ambiguous` so
+ * `config check` can say how it was read. Names given to `matches` must already be canonical (see
  * hostport.ts).
  */
 
@@ -33,7 +33,7 @@ export interface CompiledPattern {
   prefix?: string;
   suffix?: string;
   glob?: (slashed: string) => boolean;
-  /** Unprefixed, and the other notation would also have read it (differently). */
+  /** Unprefixed, read in the vendor's notation, and a valid glob too. */
   ambiguous?: boolean;
 }
 
@@ -79,10 +79,8 @@ export function compilePattern(pattern: string): CompiledPattern {
     }
     return { ...vendorPattern(pattern, p), ambiguous: plausibleGlob(p) && readsAs(() => globPattern(pattern, p)) };
   }
-  if (/[*?[\]{}]/.test(p)) {
-    const glob = globPattern(pattern, p);
-    return p.includes('.*') ? { ...glob, ambiguous: readsAs(() => vendorPattern(pattern, p)) } : glob;
-  }
+  // (A glob read first is never a valid vendor pattern: its "*" would not be part of ".*".)
+  if (/[*?[\]{}]/.test(p)) return globPattern(pattern, p);
   if (!isValidName(p)) throw new Error(`"${pattern}" is not a valid hostname`);
   return { source: pattern, kind: 'exact', name: p };
 }
