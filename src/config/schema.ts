@@ -31,7 +31,9 @@ export function parseDuration(v: number | string): number | null {
 function durationProblem(v: unknown): string {
   const bare = typeof v === 'number' ? v : typeof v === 'string' && /^\s*\d+\s*$/.test(v) ? Number(v) : undefined;
   if (bare !== undefined && Number.isInteger(bare) && bare > 0) {
-    return `${bare} has no unit: write ${bare}s or ${bare * 1000}ms (units ms, s, m, h; only 0 may be bare)`;
+    // Small numbers were most likely meant as seconds, large ones as milliseconds.
+    const write = bare < 1000 ? `${bare}s or ${bare * 1000}ms` : `${bare}ms${bare % 1000 === 0 ? ` or ${bare / 1000}s` : ''}`;
+    return `${bare} has no unit: write ${write} (units ms, s, m, h; only 0 may be bare)`;
   }
   return `expected a duration such as 250ms, 10s, 5m or 1h (or 0), got ${JSON.stringify(v)}`;
 }

@@ -17,8 +17,8 @@ import { isValidName } from './hostport.js';
  * pattern that starts with `*` or holds `**`, `?`, `[` or `{` is a glob; else
  * one holding `.*` is the vendor's; else any `*` makes a glob. A vendor
  * pattern that would also be a valid glob is marked `ambiguous` so
- * `config check` can say how it was read. Names given to `matches` must already be canonical (see
- * hostport.ts).
+ * `config check` can say how it was read. Names given to `matches` must
+ * already be canonical (see hostport.ts).
  */
 
 export type PatternKind = 'exact' | 'vendor' | 'glob';
@@ -36,9 +36,6 @@ export interface CompiledPattern {
   /** Unprefixed, read in the vendor's notation, and a valid glob too. */
   ambiguous?: boolean;
 }
-
-/** The explicit notation prefixes. */
-export const PATTERN_PREFIXES = ['glob:', 'vendor:'] as const;
 
 const HOST_CHARS = '[a-z0-9_.-]+';
 const GLOB_LABEL = /^(\*\*|[a-z0-9_\-*?[\]{},!]+)$/;

@@ -32,6 +32,7 @@ describe('durations and sizes need a unit', () => {
     ['keepalive: 30', 'keepalive', /30 has no unit: write 30s or 30000ms/],
     ['timeouts:\n  connect: 500', 'timeouts.connect', /500 has no unit: write 500s or 500000ms/],
     ['timeouts:\n  idle: "90"', 'timeouts.idle', /90 has no unit/],
+    ['timeouts:\n  handshake: 15000', 'timeouts.handshake', /15000 has no unit: write 15000ms or 15s/],
   ])('%j', (extra, path, message) => {
     const found = issues(y(...HEAD, ...RULE, extra));
     expect(found).toHaveLength(1);
