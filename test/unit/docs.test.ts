@@ -184,6 +184,20 @@ describe('help', () => {
     expect(viaHelp.stdout).toMatch(/exec node/);
   });
 
+  it('every command of the main help has a row in the README commands table', () => {
+    const section = cli('--help').stdout.split('Commands:\n')[1]!.split('\n\n')[0]!;
+    const commands = section.split('\n').map((l) => {
+      const words: string[] = [];
+      for (const t of l.trim().split(/\s+/)) {
+        if (!/^[a-z][a-z-]*$/.test(t)) break;
+        words.push(t);
+      }
+      return words.join(' ');
+    });
+    expect(commands).toContain('serve');
+    for (const c of commands) expect(README, c).toMatch(new RegExp(`^\\| \`wa-egress ${c}[ \`]`, 'm'));
+  });
+
   it('`help config check` describes warnings and notes', () => {
     const out = cli('help', 'config', 'check').stdout;
     expect(out).toMatch(/warning:/);
