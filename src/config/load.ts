@@ -4,7 +4,7 @@ import { fileURLToPath } from 'node:url';
 import { isMap, isNode, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
-import { configErrorMap } from './messages.js';
+import { configErrorMap, knownKeys, nearest } from './messages.js';
 import { configSchema, type Config } from './schema.js';
 
 /** The configuration shipped with the package: the WhatsApp policy. */
@@ -58,19 +58,21 @@ export function parseConfigSource(text: string, file: string): LoadedConfig {
   if (typeof raw !== 'object' || Array.isArray(raw)) {
     throw new ConfigError([{ ...locate([], doc, lines, file, false), message: 'expected a mapping of keys (listen:, policy:, ...) at the top of the file' }]);
   }
-  const result = configSchema(dirname(resolve(file))).safeParse(raw, { error: configErrorMap });
+  const schema = configSchema(dirname(resolve(file)));
+  const result = schema.safeParse(raw, { error: configErrorMap });
   if (result.success) {
     return { config: result.data, file, text, raw, at: (path, message) => ({ ...locate(path, doc, lines, file, false), message }) };
   }
-  throw new ConfigError(result.error.issues.flatMap((i) => toIssues(i, doc, lines, file)));
+  throw new ConfigError(result.error.issues.flatMap((i) => toIssues(i, doc, lines, file, schema)));
 }
 
-function toIssues(issue: z.core.$ZodIssue, doc: Document, lines: LineCounter, file: string): ConfigIssue[] {
+function toIssues(issue: z.core.$ZodIssue, doc: Document, lines: LineCounter, file: string, schema: z.core.$ZodType): ConfigIssue[] {
   if (issue.code === 'unrecognized_keys') {
-    return issue.keys.map((key) => ({
-      ...locate([...issue.path, key], doc, lines, file, true),
-      message: 'unknown key',
-    }));
+    const known = knownKeys(schema, issue.path);
+    return issue.keys.map((key) => {
+      const guess = nearest(key, known);
+      return { ...locate([...issue.path, key], doc, lines, file, true), message: `unknown key${guess ? ` (did you mean ${guess}?)` : ''}` };
+    });
   }
   return [{ ...locate(issue.path, doc, lines, file, false), message: issue.message }];
 }

@@ -68,3 +68,48 @@ export function configErrorMap(iss: z.core.$ZodRawIssue): string | undefined {
       return undefined;
   }
 }
+
+/** The keys a (wrapped) object schema accepts at `path`, for "did you mean" hints. */
+export function knownKeys(schema: z.core.$ZodType, path: readonly PropertyKey[]): string[] {
+  let t: z.core.$ZodType | undefined = unwrap(schema);
+  for (const seg of path) {
+    const def = t?._zod.def as { type: string; shape?: Record<string, z.core.$ZodType>; element?: z.core.$ZodType } | undefined;
+    if (def?.type === 'array' && typeof seg === 'number') t = unwrap(def.element!);
+    else if (def?.type === 'object' && typeof seg === 'string' && def.shape?.[seg]) t = unwrap(def.shape[seg]);
+    else return [];
+  }
+  const def = t?._zod.def as { type: string; shape?: Record<string, unknown> } | undefined;
+  return def?.type === 'object' ? Object.keys(def.shape ?? {}) : [];
+}
+
+/** Through defaults, optionals and transforms to the schema that holds the shape. */
+function unwrap(t: z.core.$ZodType): z.core.$ZodType {
+  for (let i = 0; i < 20; i++) {
+    const def = t._zod.def as { type: string; in?: z.core.$ZodType; innerType?: z.core.$ZodType };
+    if (def.type === 'pipe' && def.in) t = def.in;
+    else if (def.innerType) t = def.innerType;
+    else break;
+  }
+  return t;
+}
+
+/** The known key nearest to a misspelt one (at most two edits), if any. */
+export function nearest(key: string, known: string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = 3;
+  for (const k of known) {
+    const d = distance(key.toLowerCase(), k);
+    if (d < bestDistance) [best, bestDistance] = [k, d];
+  }
+  return best;
+}
+
+function distance(a: string, b: string): number {
+  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
+  for (let i = 1; i <= a.length; i++) {
+    const cur = [i];
+    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
+    prev = cur;
+  }
+  return prev[b.length]!;
+}

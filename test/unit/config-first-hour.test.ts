@@ -101,6 +101,16 @@ describe('messages are in the project\'s words', () => {
     expect(f!.message).toMatch(/^required: the "host:port"/);
   });
 
+  it('an unknown key near a known one suggests it, at any depth', () => {
+    const found = issues(y(...HEAD, ...RULE, '      port: [80]', 'dns:', '  resolve_unlistd: false', 'timeout:', '  idle: 0s', 'colour: red'));
+    expect(found.map((i) => [i.path, i.message])).toEqual([
+      ['policy.rules[0].port', 'unknown key (did you mean ports?)'],
+      ['dns.resolve_unlistd', 'unknown key (did you mean resolve_unlisted?)'],
+      ['timeout', 'unknown key (did you mean timeouts?)'],
+      ['colour', 'unknown key'],
+    ]);
+  });
+
   it('the top of the file must be a mapping', () => {
     expect(issues('- a\n- b\n')[0]!.message).toMatch(/expected a mapping of keys/);
   });

@@ -84,12 +84,12 @@ describe('parseConfig: unknown keys', () => {
       ),
     );
     expect(issues.map((i) => [i.path, i.line, i.message])).toEqual([
-      ['listen.sock', 3, 'unknown key'],
-      ['policy.rules[0].colour', 9, 'unknown key'],
-      ['policy.default', 10, 'unknown key'],
-      ['dns.resolver', 12, 'unknown key'],
-      ['timeouts.read', 14, 'unknown key'],
-      ['audit.path', 16, 'unknown key'],
+      ['listen.sock', 3, expect.stringMatching(/^unknown key/)],
+      ['policy.rules[0].colour', 9, expect.stringMatching(/^unknown key/)],
+      ['policy.default', 10, expect.stringMatching(/^unknown key/)],
+      ['dns.resolver', 12, expect.stringMatching(/^unknown key/)],
+      ['timeouts.read', 14, expect.stringMatching(/^unknown key/)],
+      ['audit.path', 16, expect.stringMatching(/^unknown key/)],
     ]);
   });
   it('a misspelt key in the second rule', () => {
