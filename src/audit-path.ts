@@ -1,3 +1,4 @@
+import { randomBytes } from 'node:crypto';
 import { closeSync, mkdirSync, openSync, rmdirSync, statSync, unlinkSync, type Stats } from 'node:fs';
 import { dirname, join } from 'node:path';
 
@@ -69,14 +70,15 @@ export function auditPathProblem(path: string): string | undefined {
       closeSync(tryOpen(path, 'a', `cannot open ${path} for appending`));
       return undefined;
     }
-    const probe = join(base, `.wa-egress-check-${process.pid}`);
+    // A name of its own, so a check never races a serve creating the real path.
+    const probe = join(base, `.wa-egress-check-${process.pid}-${randomBytes(4).toString('hex')}`);
     if (missing.length) {
       try {
-        mkdirSync(missing[0]!);
+        mkdirSync(probe);
       } catch (err) {
         return `cannot create directory ${missing[0]}: ${words(err)}`;
       }
-      rmdirSync(missing[0]!);
+      rmdirSync(probe);
     } else {
       closeSync(tryOpen(probe, 'wx', `cannot create ${path}`));
       unlinkSync(probe);
