@@ -33,8 +33,8 @@ Signals:
 
 Operational logs go to stderr as JSON lines (WA_EGRESS_LOG_LEVEL: debug, info,
 warn, error; default info); audit records go where audit.file says.
-As a service, run node directly (exec node .../dist/cli.js serve): npx leaves
-its child running when its own PID is signalled.
+As a service, run node directly (exec node .../dist/cli.js serve): npx runs
+the gateway as a child, and signalling npx's PID can leave it running.
 `;
 
 async function run(args: string[]): Promise<void> {
