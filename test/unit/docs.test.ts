@@ -6,6 +6,7 @@ import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, stringify } from 'yaml';
 import { REASONS } from '../../src/errors.js';
+import { compilePattern, HostMatcher } from '../../src/policy/patterns.js';
 
 /**
  * The documentation a newcomer reads is true: every YAML block of the README
@@ -161,6 +162,25 @@ describe('README reference tables', () => {
 
   it.each(['listen', 'policy', 'policy.rules[].name', 'policy.rules[].ports'])('required key %s is marked required', (key) => {
     expect(README).toMatch(new RegExp(`^\\| \`${key.replace(/[.[\]]/g, '\\$&')}\` \\| \\*\\*required\\*\\* \\|`, 'm'));
+  });
+});
+
+describe('README pattern table', () => {
+  const section = README.slice(README.indexOf('**Patterns**'), README.indexOf('Two notations:'));
+  const rows = [...section.matchAll(/^\| `([^`]+)`[^|]*\| ([^|]+) \| ([^|]+) \|$/gm)].map((m) => ({
+    pattern: m[1]!,
+    yes: [...m[2]!.matchAll(/`([^`]+)`/g)].map((x) => x[1]!),
+    no: [...m[3]!.matchAll(/`([^`]+)`/g)].map((x) => x[1]!),
+  }));
+
+  it('has its rows', () => {
+    expect(rows.length).toBeGreaterThanOrEqual(9);
+  });
+
+  it.each(rows.map((r) => [r.pattern, r] as const))('%s matches what the row says', (_p, r) => {
+    const m = new HostMatcher([compilePattern(r.pattern)]);
+    for (const n of r.yes) expect(m.matches(n), `${r.pattern} ~ ${n}`).toBe(true);
+    for (const n of r.no) expect(m.matches(n), `${r.pattern} !~ ${n}`).toBe(false);
   });
 });
 
