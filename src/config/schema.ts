@@ -114,7 +114,7 @@ export function parseSize(v: number | string): number | null {
 }
 
 /** A size key (for `limits:` and the like): bytes after parsing. */
-export const size = (min = 0) =>
+export const size = (min = 0, max = Number.MAX_SAFE_INTEGER) =>
   z.unknown().transform((v, ctx) => {
     const bytes = typeof v === 'number' || typeof v === 'string' ? parseSize(v) : null;
     if (bytes === null) {
@@ -128,8 +128,8 @@ export const size = (min = 0) =>
       });
       return z.NEVER;
     }
-    if (bytes < min) {
-      ctx.addIssue({ code: 'custom', message: `must be at least ${min} bytes` });
+    if (bytes < min || bytes > max) {
+      ctx.addIssue({ code: 'custom', message: bytes < min ? `must be at least ${min} bytes` : `must be at most ${max} bytes` });
       return z.NEVER;
     }
     return bytes;
@@ -373,7 +373,7 @@ export function configSchema(baseDir: string) {
         max_connections: count.default(0),
         max_connections_per_client: count.default(0),
         max_handshakes: count.default(1000),
-        max_head_bytes: z.number().int().min(1024, 'must be at least 1024').max(1024 * 1024, 'must be at most 1048576').default(16384),
+        max_head_bytes: size(1024, 1024 * 1024).prefault('16KiB'),
       })
       .prefault({}),
     audit: z

@@ -19,7 +19,7 @@ afterEach(async () => {
   cleanup = [];
 });
 
-async function setup(limits: Record<string, number>, extra: Record<string, unknown> = {}): Promise<{ gw: TestGateway; echo: TestServer; metrics: Metrics }> {
+async function setup(limits: Record<string, number | string>, extra: Record<string, unknown> = {}): Promise<{ gw: TestGateway; echo: TestServer; metrics: Metrics }> {
   const echo = await startTcpServer();
   cleanup.push(() => echo.close());
   const gw = await startGateway({
@@ -135,7 +135,7 @@ describe('limits', () => {
   });
 
   it('max_head_bytes: a larger head gets 431 head_too_large, on the CONNECT fast path and in Node’s parser alike', async () => {
-    const { gw, echo, metrics } = await setup({ max_head_bytes: 2048 });
+    const { gw, echo, metrics } = await setup({ max_head_bytes: '2KiB' });
     const big = 'a'.repeat(3000);
     const connect = await RawClient.connect(gw.port);
     connect.write(`CONNECT g.whatsapp.net:${echo.port} HTTP/1.1\r\nX-Big: ${big}\r\n\r\n`);
@@ -252,7 +252,7 @@ describe('limits configuration', () => {
   it('names the key and the problem', () => {
     expect(problems({ limits: { max_handshakes: -1 } })).toEqual([expect.stringMatching(/^limits\.max_handshakes: .*0/)]);
     expect(problems({ limits: { max_connections: 1.5 } })).toEqual([expect.stringMatching(/^limits\.max_connections: .*whole/)]);
-    expect(problems({ limits: { max_head_bytes: 100 } })).toEqual([expect.stringMatching(/^limits\.max_head_bytes: .*1024/)]);
+    expect(problems({ limits: { max_head_bytes: '100B' } })).toEqual([expect.stringMatching(/^limits\.max_head_bytes: .*1024/)]);
     expect(problems({ limits: { max_conns: 1 } })).toEqual(['limits.max_conns: unknown key']);
   });
 
