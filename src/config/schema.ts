@@ -74,8 +74,8 @@ export const KEEPALIVE_DEFAULTS = { idle: 30_000, interval: 10_000, count: 6 } a
 
 const keepaliveIdle = seconds({ off: true, maxMs: KEEPALIVE_MAX_S * 1000 });
 const keepaliveObject = z.strictObject({
-  idle: keepaliveIdle.prefault(KEEPALIVE_DEFAULTS.idle),
-  interval: seconds({ whole: true, maxMs: KEEPALIVE_MAX_S * 1000 }).prefault(KEEPALIVE_DEFAULTS.interval),
+  idle: keepaliveIdle.prefault(`${KEEPALIVE_DEFAULTS.idle}ms`),
+  interval: seconds({ whole: true, maxMs: KEEPALIVE_MAX_S * 1000 }).prefault(`${KEEPALIVE_DEFAULTS.interval}ms`),
   count: z
     .number({ error: 'expected a whole number of probes' })
     .int('must be a whole number')

@@ -187,11 +187,11 @@ describe('without the addon (WA_EGRESS_NO_NATIVE=1)', () => {
     let err = '';
     child.stderr!.on('data', (d) => (err += d));
     await eventually(() => err.includes('"msg":"listening"'), 10_000);
-    const lines = err.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: number; msg: string; keepalive_mode?: string });
-    const warnings = lines.filter((l) => l.level === 40);
+    const lines = err.split('\n').filter(Boolean).map((l) => JSON.parse(l) as { level: string; msg: string; keepalive_mode?: string });
+    const warnings = lines.filter((l) => l.level === 'warn');
     expect(warnings).toHaveLength(1);
     expect(warnings[0]!.msg).toMatch(/^native socket options unavailable \(WA_EGRESS_NO_NATIVE=1\); falling back to Node's keepalive/);
-    expect(lines.find((l) => l.keepalive_mode === 'node' && l.level === 30)?.msg).toBe(
+    expect(lines.find((l) => l.keepalive_mode === 'node' && l.level === 'info')?.msg).toBe(
       "a silent peer is dropped after 12 s (idle 2 s + 10 probes × 1 s: Node's keepalive)",
     );
   });

@@ -42,7 +42,7 @@ describe('durations and sizes need a unit', () => {
 
   it('0 needs no unit', () => {
     const c = parseConfig(y(...HEAD, ...RULE, 'keepalive: 0', 'timeouts:', '  idle: 0'), file);
-    expect(c.keepalive).toBe(0);
+    expect(c.keepalive.idle).toBe(0);
     expect(c.timeouts.idle).toBe(0);
   });
 

@@ -42,7 +42,7 @@ describe('keepalive config', () => {
 
   it.each([
     ['keepalive: 500ms', 'keepalive', /at least 1s \(or 0: off\)/],
-    ['keepalive: 999', 'keepalive', /at least 1s/],
+    ['keepalive: 999', 'keepalive', /999 has no unit: write 999s/],
     ['keepalive: { idle: 200ms }', 'keepalive.idle', /at least 1s/],
     ['keepalive: { interval: 0 }', 'keepalive.interval', /at least 1s/],
     ['keepalive: { interval: 500ms }', 'keepalive.interval', /at least 1s/],
