@@ -208,7 +208,8 @@ describe('help', () => {
     const section = cli('--help').stdout.split('Commands:\n')[1]!.split('\n\n')[0]!;
     const commands = section.split('\n').map((l) => {
       const words: string[] = [];
-      for (const t of l.trim().split(/\s+/)) {
+      // The words before the gap that starts the description, up to the first option or argument.
+      for (const t of l.trim().split(/\s{2,}/)[0]!.split(/\s+/)) {
         if (!/^[a-z][a-z-]*$/.test(t)) break;
         words.push(t);
       }
