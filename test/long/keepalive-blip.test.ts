@@ -284,7 +284,7 @@ describe.skipIf(!!why)('keepalive through a network blip (network namespaces)', 
     "Node's keepalive (forced fallback: 2 s + 10 × 1 s) cuts the tunnel during the same 14 s loss",
     async () => {
       const { client, gateway, auditFile, serverPort } = await start('fallback', { WA_EGRESS_NO_NATIVE: '1' });
-      expect(gateway.stderr).toMatch(/"level":40.*native socket options unavailable \(WA_EGRESS_NO_NATIVE=1\); falling back to Node's keepalive/);
+      expect(gateway.stderr).toMatch(/"level":"warn".*native socket options unavailable \(WA_EGRESS_NO_NATIVE=1\); falling back to Node's keepalive/);
       expect(gateway.stderr).toMatch(/a silent peer is dropped after 12 s/);
       await roundTrip(client, 'hello');
       await keepaliveArmed(serverPort);
