@@ -1,5 +1,5 @@
 import { parseArgs } from 'node:util';
-import { loadConfigSource, summarize, type LoadedConfig } from '../config/load.js';
+import { loadConfigSource, summarize, type ConfigSource } from '../config/load.js';
 import { keepAliveSettings } from '../config/schema.js';
 import { BIND_NOTE, notes, startProblems, warnings } from '../config/preflight.js';
 import { ConfigError, formatIssue, type ConfigIssue } from '../errors.js';
@@ -40,7 +40,7 @@ async function run(args: string[]): Promise<void> {
   if (values.help) return void process.stdout.write(help);
   if (positionals.length !== 1) fail('expected: config check FILE', help);
   const file = positionals[0]!;
-  let loaded: LoadedConfig;
+  let loaded: ConfigSource;
   try {
     loaded = loadConfigSource(file);
   } catch (err) {

@@ -11,7 +11,7 @@ import { configSchema, type Config } from './schema.js';
 export const DEFAULT_CONFIG = resolve(dirname(fileURLToPath(import.meta.url)), '../../config/default.yaml');
 
 /** A validated configuration with what is needed to point at its keys. */
-export interface LoadedConfig {
+export interface ConfigSource {
   config: Config;
   file: string;
   /** The file's text, and the document as plain data before validation. */
@@ -27,7 +27,7 @@ export function loadConfigFile(path: string): Config {
 }
 
 /** As loadConfigFile, keeping the document to locate later findings (config check, serve's start-up checks). */
-export function loadConfigSource(path: string): LoadedConfig {
+export function loadConfigSource(path: string): ConfigSource {
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -42,7 +42,7 @@ export function parseConfig(text: string, file: string): Config {
   return parseConfigSource(text, file).config;
 }
 
-export function parseConfigSource(text: string, file: string): LoadedConfig {
+export function parseConfigSource(text: string, file: string): ConfigSource {
   const lines = new LineCounter();
   const doc = parseDocument(text, { lineCounter: lines, uniqueKeys: true, prettyErrors: false });
   if (doc.errors.length) {

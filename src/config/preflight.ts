@@ -2,7 +2,7 @@ import { auditPathProblem } from '../audit-path.js';
 import type { ConfigIssue } from '../errors.js';
 import { classify } from '../net/classify.js';
 import { bigIntToV6, numberToV4, parseCidr, v4ToNumber, v6ToBigInt, type Cidr } from '../net/ip.js';
-import type { LoadedConfig } from './load.js';
+import type { ConfigSource } from './load.js';
 import type { Config } from './schema.js';
 
 /**
@@ -16,7 +16,7 @@ import type { Config } from './schema.js';
 export const BIND_NOTE = 'listener addresses are not bound by a check: one in use or not on this host shows when serve starts';
 
 /** What serve would fail on at start, besides binding its listeners. */
-export function startProblems(loaded: LoadedConfig): ConfigIssue[] {
+export function startProblems(loaded: ConfigSource): ConfigIssue[] {
   const problem = auditPathProblem(loaded.config.audit.file);
   return problem ? [loaded.at(['audit', 'file'], problem)] : [];
 }
@@ -29,7 +29,7 @@ export function listenerPath(config: Config, name: string): (string | number)[] 
 }
 
 /** A bind error (EADDRINUSE, EACCES, EADDRNOTAVAIL) in words, at the listener's key. */
-export function bindProblem(loaded: LoadedConfig, name: string, err: NodeJS.ErrnoException & { address?: string; port?: number }): ConfigIssue {
+export function bindProblem(loaded: ConfigSource, name: string, err: NodeJS.ErrnoException & { address?: string; port?: number }): ConfigIssue {
   const path = listenerPath(loaded.config, name);
   const address = err.address !== undefined ? `${err.address.includes(':') ? `[${err.address}]` : err.address}:${err.port}` : name;
   const why: Record<string, string> = {
@@ -55,7 +55,7 @@ function judged(c: Cidr): { family: 4 | 6; start: bigint; end: bigint; range: st
 }
 
 /** Rules that cannot work, and a policy that allows nothing. */
-export function warnings(loaded: LoadedConfig): ConfigIssue[] {
+export function warnings(loaded: ConfigSource): ConfigIssue[] {
   const { config, raw } = loaded;
   const out: ConfigIssue[] = [];
   const rules = config.policy.rules;
@@ -109,7 +109,7 @@ export function warnings(loaded: LoadedConfig): ConfigIssue[] {
 }
 
 /** How each unprefixed pattern that both notations could read was read (always the vendor's way: see patterns.ts). */
-export function notes(loaded: LoadedConfig): ConfigIssue[] {
+export function notes(loaded: ConfigSource): ConfigIssue[] {
   const out: ConfigIssue[] = [];
   loaded.config.policy.rules.forEach((rule, i) => {
     rule.source.hosts.forEach((p, j) => {

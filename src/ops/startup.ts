@@ -1,5 +1,5 @@
 import { AuditPathError } from '../audit-path.js';
-import { loadConfigSource, type LoadedConfig } from '../config/load.js';
+import { loadConfigSource, type ConfigSource } from '../config/load.js';
 import { bindProblem, startProblems, warnings } from '../config/preflight.js';
 import { ConfigError, formatIssue, type ConfigIssue } from '../errors.js';
 import type { Logger } from '../log.js';
@@ -19,8 +19,8 @@ export function exitWith(issues: ConfigIssue[], log: Logger, what: string): neve
 }
 
 /** The configuration serve runs (and the hash operations publish), or exit 1 with every problem located. */
-export function loadForServe(file: string, log: Logger): { loaded: LoadedConfig; hash: string } {
-  let loaded: LoadedConfig;
+export function loadForServe(file: string, log: Logger): { loaded: ConfigSource; hash: string } {
+  let loaded: ConfigSource;
   try {
     loaded = loadConfigSource(file);
   } catch (err) {
@@ -34,7 +34,7 @@ export function loadForServe(file: string, log: Logger): { loaded: LoadedConfig;
 }
 
 /** Gateway.start failed: name the key behind it where there is one. */
-export function startFailure(loaded: LoadedConfig, err: unknown, log: Logger): never {
+export function startFailure(loaded: ConfigSource, err: unknown, log: Logger): never {
   const e = err as NodeJS.ErrnoException & { listener?: string };
   if (e instanceof AuditPathError) exitWith([loaded.at(['audit', 'file'], e.message)], log, 'cannot start');
   if (typeof e?.listener === 'string') exitWith([bindProblem(loaded, e.listener, e)], log, 'cannot start');
