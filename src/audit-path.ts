@@ -10,12 +10,18 @@ import { dirname, join } from 'node:path';
  * (under /proc), and a bounded walk cannot.
  */
 
+/** Carries the errno code (EISDIR, ENOTDIR, EACCES, ...) as Node's own errors do, for callers that count them. */
 export class AuditPathError extends Error {
-  constructor(message: string) {
+  constructor(
+    message: string,
+    readonly code: string | undefined,
+  ) {
     super(message);
     this.name = 'AuditPathError';
   }
 }
+
+const codeOf = (err: unknown) => (err as NodeJS.ErrnoException).code;
 
 const WORDS: Record<string, string> = {
   EACCES: 'permission denied',
@@ -40,21 +46,21 @@ function stat(path: string): Stats | undefined {
     const code = (err as NodeJS.ErrnoException).code;
     // ENOTDIR: some ancestor is a file; the walk up names it.
     if (code === 'ENOENT' || code === 'ENOTDIR') return undefined;
-    throw new AuditPathError(`cannot look at ${path}: ${words(err)}`);
+    throw new AuditPathError(`cannot look at ${path}: ${words(err)}`, codeOf(err));
   }
 }
 
 /** The deepest ancestor of `path` that exists (a directory), and the directories to create below it. */
 function plan(path: string): { base: string; missing: string[]; file?: Stats } {
   const file = stat(path);
-  if (file?.isDirectory()) throw new AuditPathError(`${path} is a directory; audit.file names a file`);
+  if (file?.isDirectory()) throw new AuditPathError(`${path} is a directory; audit.file names a file`, 'EISDIR');
   if (file) return { base: dirname(path), missing: [], file };
   const missing: string[] = [];
   for (let dir = dirname(path); ; dir = dirname(dir)) {
     const s = stat(dir);
-    if (s && !s.isDirectory()) throw new AuditPathError(`${dir} is not a directory`);
+    if (s && !s.isDirectory()) throw new AuditPathError(`${dir} is not a directory`, 'ENOTDIR');
     if (s) return { base: dir, missing: missing.reverse() };
-    if (dirname(dir) === dir) throw new AuditPathError(`${path}: no part of the path exists`);
+    if (dirname(dir) === dir) throw new AuditPathError(`${path}: no part of the path exists`, 'ENOENT');
     missing.push(dir);
   }
 }
@@ -97,7 +103,7 @@ export function openAuditPath(path: string): number {
     try {
       mkdirSync(dir);
     } catch (err) {
-      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new AuditPathError(`cannot create directory ${dir}: ${words(err)}`);
+      if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw new AuditPathError(`cannot create directory ${dir}: ${words(err)}`, codeOf(err));
     }
   }
   return tryOpen(path, 'a', `cannot open ${path} for appending`);
@@ -107,6 +113,6 @@ function tryOpen(path: string, flags: string, what: string): number {
   try {
     return openSync(path, flags);
   } catch (err) {
-    throw new AuditPathError(`${what}: ${words(err)}`);
+    throw new AuditPathError(`${what}: ${words(err)}`, codeOf(err));
   }
 }

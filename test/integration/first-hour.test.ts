@@ -261,8 +261,8 @@ describe('the bundled policy, copied elsewhere', () => {
       expect(await connect(port, 'g.whatsapp.net:443')).toBe(403);
       expect(dns.queries.map((q) => q.name)).not.toContain('example.com');
       expect(dns.queries.map((q) => q.name)).toContain('g.whatsapp.net');
-      const records = s.stdout().trim().split('\n').map((l) => JSON.parse(l));
-      expect(records.find((r) => r.dest_host === 'example.com')).toMatchObject({ event: 'egress.denied', reason: 'host_not_allowed' });
+      const line = await eventually(() => s.stdout().split('\n').find((l) => l.includes('"dest_host":"example.com"')));
+      expect(JSON.parse(line)).toMatchObject({ event: 'egress.denied', reason: 'host_not_allowed' });
     } finally {
       await dns.close();
     }
