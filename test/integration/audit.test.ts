@@ -19,7 +19,7 @@ async function gateway(file: string, onError: 'deny' | 'continue') {
   const echo = await startTcpServer();
   const gw = await startGateway({
     policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
-    dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+    dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
     audit: { file, on_error: onError },
   });
   cleanup.push(() => echo.close(), () => gw.close().catch(() => {}));

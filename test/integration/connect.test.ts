@@ -4,7 +4,7 @@ import http from 'node:http';
 import net from 'node:net';
 import { promisify } from 'node:util';
 import { afterEach, describe, expect, it } from 'vitest';
-import { connectVia, eventually, freePort, RawClient, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
+import { auditBarrier, connectVia, curl, eventually, RawClient, startClosedPort, startGateway, startGatewayOnPorts, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
 
 const run = promisify(execFile);
 
@@ -25,7 +25,6 @@ async function setup(extra: Record<string, unknown> = {}, echoHost = '127.0.0.1'
     },
     dns: {
       hosts: { 'g.whatsapp.net': '127.0.0.1', 'media.cdn.whatsapp.net': '127.0.0.1', 'ten.example': '127.0.0.2', 'v6.whatsapp.net': '::1' },
-      servers: ['127.0.0.1:9'],
       ...dns,
     },
     timeouts: { dns: '300ms', connect: '2s' },
@@ -76,7 +75,7 @@ describe('CONNECT', () => {
     const gw = await startGateway({
       listen: { proxy: '[::1]:0' },
       policy: { rules: [{ name: 'v6', ip_ranges: ['::1/128'], hosts: ['v6.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['::1/128'] },
-      dns: { hosts: { 'v6.whatsapp.net': '::1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'v6.whatsapp.net': '::1' } },
     });
     cleanup.push(() => echo.close(), () => gw.close());
     for (const target of [`[::1]:${echo.port}`, `v6.whatsapp.net:${echo.port}`]) {
@@ -138,7 +137,6 @@ describe('CONNECT', () => {
     const echo = await startTcpServer('127.0.0.1');
     const gw = await startGateway({
       policy: { rules: [{ name: 'lo', ip_ranges: ['127.0.0.0/8'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { servers: ['127.0.0.1:9'] },
     });
     cleanup.push(() => echo.close(), () => gw.close());
     const allowed = ['2130706433', '0x7f000001', '0177.0.0.1', '127.1', '127.0.0.1.', '[::ffff:127.0.0.1]', '[0:0:0:0:0:ffff:7f00:1]'];
@@ -164,13 +162,13 @@ describe('CONNECT', () => {
   });
 
   it('refuses a destination that is the proxy itself (loop), whatever allow_ranges says', async () => {
-    const port = await freePort();
-    const gw = await startGateway({
+    const { gw, ports } = await startGatewayOnPorts(1, ([port]) => ({
       listen: { proxy: `127.0.0.1:${port}` },
       policy: { rules: [{ name: 'self', ip_ranges: ['127.0.0.0/8'], hosts: ['g.whatsapp.net'], ports: [port] }], allow_ranges: ['127.0.0.0/8'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
-    });
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
+    }));
     cleanup.push(() => gw.close());
+    const port = ports[0]!;
     for (const t of [`127.0.0.1:${port}`, `g.whatsapp.net:${port}`, `0x7f000001:${port}`, `[::ffff:127.0.0.1]:${port}`]) {
       const { status, headers } = await connectVia(port, t);
       expect(status, t).toBe(403);
@@ -180,13 +178,12 @@ describe('CONNECT', () => {
   });
 
   it('treats a wildcard listener as every local address on its port', async () => {
-    const port = await freePort();
-    const gw = await startGateway({
+    const { gw, ports } = await startGatewayOnPorts(1, ([port]) => ({
       listen: { proxy: `0.0.0.0:${port}` },
       policy: { rules: [{ name: 'self', ip_ranges: ['127.0.0.0/8'], ports: [port] }], allow_ranges: ['127.0.0.0/8'] },
-      dns: { servers: ['127.0.0.1:9'] },
-    });
+    }));
     cleanup.push(() => gw.close());
+    const port = ports[0]!;
     const { status, headers } = await connectVia(port, `127.0.0.9:${port}`);
     expect(status).toBe(403);
     expect(headers['x-wa-egress-reason']).toBe('loop');
@@ -205,7 +202,7 @@ describe('tunnel behaviour', () => {
     });
     const gw = await startGateway({
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [server.port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
     });
     cleanup.push(() => server.close(), () => gw.close());
     const { client, status } = await connectVia(gw.port, `g.whatsapp.net:${server.port}`);
@@ -282,7 +279,7 @@ describe('tunnel behaviour', () => {
     });
     const gw = await startGateway({
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [server.port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
     });
     cleanup.push(() => server.close(), () => gw.close());
     const sock = net.connect(gw.port, '127.0.0.1');
@@ -328,7 +325,7 @@ describe('tunnel behaviour', () => {
     expect(status).toBe(200);
     client.write('a');
     await client.bytes(1);
-    await client.waitClosed(3000);
+    await client.waitClosed();
     const closed = await eventually(() => gw.audit().find((r) => r.event === 'egress.closed'));
     expect(closed.close_reason).toBe('idle_timeout');
   });
@@ -337,7 +334,7 @@ describe('tunnel behaviour', () => {
     const echo = await startTcpServer('127.0.0.1');
     const gw = await startGateway({
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.0/8'] },
-      dns: { hosts: { 'g.whatsapp.net': ['127.0.0.3', '127.0.0.1'] }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': ['127.0.0.3', '127.0.0.1'] } },
     });
     cleanup.push(() => echo.close(), () => gw.close());
     // 127.0.0.3 has no listener on the echo port (the echo binds 127.0.0.1 only).
@@ -350,10 +347,12 @@ describe('tunnel behaviour', () => {
   });
 
   it('answers 502 connect_failed when the destination refuses', async () => {
-    const port = await freePort();
+    const closed = await startClosedPort();
+    cleanup.push(async () => closed.close());
+    const port = closed.port;
     const gw = await startGateway({
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
     });
     cleanup.push(() => gw.close());
     const { status, headers } = await connectVia(gw.port, `g.whatsapp.net:${port}`);
@@ -370,15 +369,14 @@ describe('tunnel behaviour', () => {
     cleanup.push(() => new Promise((r) => origin.close(() => r())));
     const gw = await startGateway({
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
     });
     cleanup.push(() => gw.close());
     const proxy = `http://127.0.0.1:${gw.port}`;
-    const ok = await run('curl', ['-s', '-p', '-x', proxy, `http://g.whatsapp.net:${port}/`]);
+    const ok = await curl(['-s', '-p', '-x', proxy, `http://g.whatsapp.net:${port}/`]);
     expect(ok.stdout).toBe('hello through the tunnel');
-    const denied = await run('curl', ['-s', '-p', '-x', proxy, '-o', '/dev/null', '-w', '%{http_connect}', `http://evil.example:${port}/`]).catch(
-      (e: { stdout: string }) => e,
-    );
+    const denied = await curl(['-s', '-p', '-x', proxy, '-o', '/dev/null', '-w', '%{http_connect}', `http://evil.example:${port}/`]);
+    expect(denied.code).toBe(56); // CURLE_RECV_ERROR: the proxy refused the CONNECT
     expect(denied.stdout).toBe('403');
   });
 });
@@ -414,7 +412,7 @@ describe('CONNECT read without Node’s HTTP parser, and handed to it', () => {
   it('a connection that sends nothing is answered 408 and audited handshake_timeout', async () => {
     const { gw } = await setup({ timeouts: { handshake: '300ms' } });
     const client = await RawClient.connect(gw.port);
-    await client.waitClosed(3000);
+    await client.waitClosed();
     expect(client.text).toMatch(/^HTTP\/1.1 408 /);
     const rec = await eventually(() => gw.audit()[0]);
     expect(rec).toMatchObject({ event: 'egress.denied', reason: 'handshake_timeout', listener: 'proxy', enforced: true });
@@ -424,8 +422,8 @@ describe('CONNECT read without Node’s HTTP parser, and handed to it', () => {
     const { gw } = await setup();
     const client = await RawClient.connect(gw.port);
     client.socket.end();
-    await client.waitClosed(3000);
-    await new Promise((r) => setTimeout(r, 50));
-    expect(gw.audit()).toEqual([]);
+    await client.waitClosed();
+    // The gateway has seen the close; a later connection's record comes first.
+    expect(await auditBarrier(gw)).toEqual([]);
   });
 });

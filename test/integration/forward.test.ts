@@ -18,7 +18,7 @@ async function forwardGateway(to: string, echo: TestServer, extra: { hosts?: Rec
   const gw = await startGateway({
     listen: { forwards: [{ name: 'chatd', listen: '127.0.0.1:0', to }] },
     policy: { rules: [{ name: 'chat', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.0/8'] },
-    dns: { hosts: extra.hosts ?? { 'g.whatsapp.net': '127.0.0.1' }, servers: extra.servers ?? ['127.0.0.1:9'] },
+    dns: { hosts: extra.hosts ?? { 'g.whatsapp.net': '127.0.0.1' }, ...(extra.servers ? { servers: extra.servers } : {}) },
     timeouts: { dns: '300ms', connect: '2s' },
   });
   cleanup.push(() => gw.close());

@@ -170,7 +170,6 @@ function config(mode: 'enforce' | 'report' = 'enforce'): Record<string, unknown>
         'closed.whatsapp.net': '127.0.0.1',
         'other.example.com': '127.0.0.1',
       },
-      servers: ['127.0.0.1:9'],
     },
     timeouts: { dns: '300ms', connect: '3s' },
   };

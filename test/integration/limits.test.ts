@@ -30,7 +30,7 @@ describe('open-file limit', () => {
       stringify({
         listen: { proxy: '127.0.0.1:0' },
         policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
-        dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+        dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
         audit: { file: 'audit.log' },
       }),
     );

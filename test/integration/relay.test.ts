@@ -22,7 +22,7 @@ async function setup(onSocket?: (s: Socket) => void, otherPorts: number[] = []):
   const gw = await startGateway({
     listen: { proxy: '127.0.0.1:0', socks: '127.0.0.1:0' },
     policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [server.port, ...otherPorts] }], allow_ranges: ['127.0.0.1/32'] },
-    dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+    dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
   });
   cleanup.push(() => server.close(), () => gw.close());
   return { gw, server };

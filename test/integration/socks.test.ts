@@ -62,7 +62,6 @@ async function setup(extra: { timeouts?: Record<string, unknown>; ports?: number
     },
     dns: {
       hosts: { 'g.whatsapp.net': '127.0.0.1', 'media.cdn.whatsapp.net': '127.0.0.1', 'ten.example': '127.0.0.2' },
-      servers: ['127.0.0.1:9'],
     },
     timeouts: { dns: '300ms', connect: '2s', ...extra.timeouts },
   });
@@ -160,7 +159,7 @@ async function rawExchange(port: number, chunks: Buffer[], endAfter = false): Pr
     await new Promise((r) => setTimeout(r, 20));
   }
   if (endAfter) client.socket.end();
-  await client.waitClosed(4000);
+  await client.waitClosed();
   return client;
 }
 
@@ -247,7 +246,7 @@ describe('SOCKS5 with the socks package as client', () => {
     cleanup.push(() => echo6.close());
     const gw = await startSocksGateway({
       policy: { rules: [{ name: 'v6', ip_ranges: ['::1/128'], ports: [echo6.port] }], allow_ranges: ['127.0.0.1/32', '::1/128'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
       timeouts: { dns: '300ms' },
     });
     const { socket, remoteHost } = await viaSocksClient(gw.port, '::1', echo6.port);
@@ -357,7 +356,7 @@ describe('SOCKS5 reply codes (raw bytes)', () => {
     cleanup.push(() => echo.close());
     const gw = await startSocksGateway({
       policy: { rules: [{ name: 'chat', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
       timeouts: { dns: '300ms' },
     });
     const { client, reply } = await socks(gw.port, reqDomain('g.whatsapp.net', echo.port));
@@ -421,7 +420,7 @@ describe('SOCKS5 reply codes (raw bytes)', () => {
     cleanup.push(() => echo.close());
     const gw = await startSocksGateway({
       policy: { rules: [{ name: 'idn', hosts: ['bücher.example'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'bücher.example': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'bücher.example': '127.0.0.1' } },
       timeouts: { dns: '300ms' },
     });
     const utf8 = Buffer.from('bücher.example', 'utf8');
@@ -444,7 +443,6 @@ describe('SOCKS5 reply codes (raw bytes)', () => {
     const gw = await startSocksGateway({
       listen: { socks: `127.0.0.1:${port}` },
       policy: { rules: [{ name: 'self', ip_ranges: ['127.0.0.0/8'], ports: [port] }], allow_ranges: ['127.0.0.0/8'] },
-      dns: { servers: ['127.0.0.1:9'] },
     });
     const { client, reply } = await socks(port, reqV4('127.0.0.1', port));
     expect(reply.rep).toBe(2);
@@ -458,7 +456,7 @@ describe('SOCKS5 reply codes (raw bytes)', () => {
     const port = blackhole.port;
     const gw = await startSocksGateway({
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
       timeouts: { connect: '700ms', dns: '300ms' },
     });
     const started = Date.now();
@@ -584,7 +582,7 @@ describe('SOCKS5 malformed and truncated input', () => {
     cleanup.push(() => client.destroy());
     const started = Date.now();
     for (const c of chunks) client.write(c);
-    await client.waitClosed(4000);
+    await client.waitClosed();
     expect(Date.now() - started).toBeGreaterThanOrEqual(400);
     expect(env.gw.audit()).toEqual([
       expect.objectContaining({ event: 'egress.denied', reason: 'handshake_timeout', listener: 'socks', proto: 'socks', enforced: true }),
@@ -641,7 +639,7 @@ describe('SOCKS5 tunnel behaviour', () => {
     cleanup.push(() => server.close());
     const gw = await startSocksGateway({
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [server.port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
       timeouts: { dns: '300ms' },
     });
     const { client, reply } = await socks(gw.port, reqDomain('g.whatsapp.net', server.port));
@@ -664,7 +662,7 @@ describe('SOCKS5 tunnel behaviour', () => {
     cleanup.push(() => server.close());
     const gw = await startSocksGateway({
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [server.port] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
       timeouts: { dns: '300ms' },
     });
     const client = await RawClient.connect(gw.port);
@@ -733,7 +731,7 @@ describe('SOCKS5 tunnel behaviour', () => {
     cleanup.push(() => echo.close());
     const gw = await startSocksGateway({
       policy: { mode: 'report', rules: [{ name: 'chat', hosts: ['g.whatsapp.net'], ports: [443] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
       timeouts: { dns: '300ms' },
     });
     const { client, reply } = await socks(gw.port, reqDomain('g.whatsapp.net', echo.port), Buffer.from('reported'));

@@ -25,7 +25,7 @@ describe('long-lived tunnels', () => {
     const originPort = (origin.address() as AddressInfo).port;
     const gw = await startGateway({
       policy: { rules: [{ name: 'chat', hosts: ['g.whatsapp.net'], ports: [echo.port, originPort] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
     });
     cleanup.push(() => echo.close(), () => new Promise((r) => origin.close(() => r())), () => gw.close());
 

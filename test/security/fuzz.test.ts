@@ -69,7 +69,7 @@ beforeAll(async () => {
     stringify({
       listen: { proxy: '127.0.0.1:0', socks: '127.0.0.1:0', forwards: [{ name: 'fwd', listen: '127.0.0.1:0', to: `g.whatsapp.net:${P}` }] },
       policy: { rules: [{ name: 'wa', hosts: ['g.whatsapp.net', '*.cdn.whatsapp.net'], ip_ranges: ['127.0.0.0/8'], ports: [P, 443] }], allow_ranges: ['127.0.0.1/32'] },
-      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1', 'a.cdn.whatsapp.net': ['127.0.0.2', '127.0.0.1'] }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1', 'a.cdn.whatsapp.net': ['127.0.0.2', '127.0.0.1'] } },
       timeouts: { handshake: '2s', connect: '1s', dns: '500ms' },
       audit: { file: auditFile },
     }),

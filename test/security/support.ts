@@ -118,33 +118,56 @@ export function recordsOf(gw: TestGateway, s: Socket | string, since = 0): Audit
     .filter((r) => r.client === name);
 }
 
-/** Wait for at least one record of the client and return them all. */
-export async function waitRecords(gw: TestGateway, client: string, since = 0, ms = 3000): Promise<AuditRecord[]> {
+/** Wait for at least one record of the client and return them all (`ms`: a hang guard). */
+export async function waitRecords(gw: TestGateway, client: string, since = 0, ms = 10_000): Promise<AuditRecord[]> {
   return eventually(() => {
     const r = recordsOf(gw, client, since);
     return r.length > 0 && r;
   }, ms);
 }
 
-/** Everything a socket received until it closed (or `ms` passed); the client name it had. */
-export function exchange(port: number, data: Buffer | string, ms = 3000): Promise<{ data: Buffer; client: string; closed: boolean }> {
+export interface ExchangeOptions {
+  /** Stop reading (and close) once what arrived satisfies this, instead of waiting for the proxy to close. */
+  until?: (data: Buffer) => boolean;
+  /** Hang guard: give up after this long with `closed: false`. */
+  ms?: number;
+}
+
+/**
+ * Everything a socket received until the proxy closed it (or `until` held,
+ * or the hang guard passed); the client name it had. `closed` says whether
+ * the proxy closed it.
+ */
+export function exchange(port: number, data: Buffer | string, opts: ExchangeOptions = {}): Promise<{ data: Buffer; client: string; closed: boolean }> {
+  const { until, ms = 15_000 } = opts;
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let client = '';
+    let done = false;
+    const finish = (closed: boolean) => {
+      if (done) return;
+      done = true;
+      clearTimeout(timer);
+      s.destroy();
+      resolve({ data: Buffer.concat(chunks), client, closed });
+    };
     const s = net.connect({ port, host: '127.0.0.1' }, () => {
       client = clientName(s);
       s.write(data);
     });
-    const timer = setTimeout(() => {
-      s.destroy();
-      resolve({ data: Buffer.concat(chunks), client, closed: false });
-    }, ms);
-    s.on('data', (d: Buffer) => chunks.push(d));
+    const timer = setTimeout(() => finish(false), ms);
+    s.on('data', (d: Buffer) => {
+      chunks.push(d);
+      if (until?.(Buffer.concat(chunks))) finish(false);
+    });
     s.on('error', () => {});
     s.on('close', () => {
-      clearTimeout(timer);
-      if (!client) return reject(new Error('connection failed'));
-      resolve({ data: Buffer.concat(chunks), client, closed: true });
+      if (!client && !done) {
+        done = true;
+        clearTimeout(timer);
+        return reject(new Error('connection failed'));
+      }
+      finish(true);
     });
   });
 }
@@ -178,10 +201,18 @@ export function socksRequest(addr: SocksAddress, port: number, cmd = 1): Buffer 
 
 /**
  * Greeting and request in one write; resolves with the SOCKS reply code
- * (null when the proxy closed before replying) and the client name.
+ * (null when the proxy closed before replying) and the client name. With
+ * `open`, returns as soon as the reply has arrived (an allowed tunnel stays
+ * open); otherwise waits for the proxy to close.
  */
-export async function socksExchange(proxyPort: number, addr: SocksAddress, port: number, ms = 3000): Promise<{ reply: number | null; client: string; data: Buffer; closed: boolean }> {
-  const r = await exchange(proxyPort, Buffer.concat([Buffer.from([5, 1, 0]), socksRequest(addr, port)]), ms);
+export async function socksExchange(
+  proxyPort: number,
+  addr: SocksAddress,
+  port: number,
+  opts: { open?: boolean; ms?: number } = {},
+): Promise<{ reply: number | null; client: string; data: Buffer; closed: boolean }> {
+  const until = opts.open ? (d: Buffer) => d.length >= 12 : undefined;
+  const r = await exchange(proxyPort, Buffer.concat([Buffer.from([5, 1, 0]), socksRequest(addr, port)]), { until, ms: opts.ms });
   const reply = r.data.length >= 4 && r.data[0] === 5 && r.data[1] === 0 && r.data[2] === 5 ? r.data[3]! : null;
   return { reply, client: r.client, data: r.data, closed: r.closed };
 }
