@@ -1,4 +1,5 @@
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
+import { Resolver } from '../../src/net/resolve.js';
 import { startDns } from '../fixtures/dns-server.js';
 import { connectVia, startGateway, startTcpServer, type TestServer } from '../helpers.js';
 
@@ -6,6 +7,7 @@ import { connectVia, startGateway, startTcpServer, type TestServer } from '../he
 
 let cleanup: (() => Promise<void>)[] = [];
 afterEach(async () => {
+  vi.useRealTimers();
   for (const c of cleanup.reverse()) await c();
   cleanup = [];
 });
@@ -16,7 +18,8 @@ async function setup(table: Parameters<typeof startDns>[0], policy: Record<strin
   const gw = await startGateway({
     policy: { allow_ranges: ['127.0.0.1/32'], ...policy, rules: (policy.rules as object[]).map((r) => ({ ports: [echo.port], ...r })) },
     dns: { servers: [dns.server], ...dnsExtra },
-    timeouts: { dns: '500ms' },
+    // Generous: only the silent name ever waits for it.
+    timeouts: { dns: '2s' },
   });
   cleanup.push(() => dns.close(), () => echo.close(), () => gw.close());
   return { dns, echo, gw };
@@ -29,7 +32,7 @@ describe('DNS through dns.servers', () => {
     expect(status).toBe(200);
     expect((await client.bytes(2)).toString()).toBe('hi');
     client.destroy();
-    expect(dns.queries.map((q) => q.name)).toContain('g.whatsapp.net');
+    expect(dns.count('g.whatsapp.net', 'A')).toBe(1);
     expect(gw.audit()[0]).toMatchObject({ event: 'egress.allowed', dest_host: 'g.whatsapp.net', dest_ip: '127.0.0.1' });
   });
 
@@ -113,7 +116,7 @@ describe('DNS through dns.servers', () => {
       expect(t.status).toBe(200);
       t.client.destroy();
     }
-    expect(dns.queries.filter((q) => q.type === 'A')).toHaveLength(1);
+    expect(dns.count('g.whatsapp.net', 'A')).toBe(1);
   });
 
   it('resolves once per connection, so a rebinding answer cannot slip past the check', async () => {
@@ -129,6 +132,44 @@ describe('DNS through dns.servers', () => {
     expect(second.status).toBe(403);
     expect(second.headers['x-wa-egress-reason']).toBe('special_range');
     expect(echo.connections).toBe(1);
-    expect(dns.queries.filter((q) => q.type === 'A')).toHaveLength(2);
+    expect(dns.count('g.whatsapp.net', 'A')).toBe(2);
+  });
+
+  it('caps a cached answer at 300 s, whatever its TTL says', async () => {
+    const { gw, echo, dns } = await setup({ 'g.whatsapp.net': { A: ['127.0.0.1'], ttl: 86_400 } }, { rules: [{ name: 'r', hosts: ['g.whatsapp.net'] }] });
+    const open = async () => {
+      const t = await connectVia(gw.port, `g.whatsapp.net:${echo.port}`);
+      expect(t.status).toBe(200);
+      t.client.destroy();
+    };
+    await open();
+    expect(dns.count('g.whatsapp.net', 'A')).toBe(1);
+    // Only Date is faked: sockets and timers run as usual.
+    vi.useFakeTimers({ toFake: ['Date'] });
+    vi.setSystemTime(Date.now() + 299_000);
+    await open();
+    expect(dns.count('g.whatsapp.net', 'A')).toBe(1);
+    vi.setSystemTime(Date.now() + 2_000);
+    await open();
+    expect(dns.count('g.whatsapp.net', 'A')).toBe(2);
+  });
+
+  it('holds at most 10,000 names in the cache, dropping the oldest first', { timeout: 120_000 }, async () => {
+    const dns = await startDns((name) => (name.endsWith('.cache.example') ? { A: ['127.0.0.1'], ttl: 300 } : undefined));
+    cleanup.push(() => dns.close());
+    const resolver = new Resolver({ hosts: new Map(), servers: [dns.server], timeoutMs: 10_000 });
+    const name = (i: number) => `n${i}.cache.example`;
+    const N = 10_001;
+    for (let i = 0; i < N; i += 100) {
+      await Promise.all(Array.from({ length: Math.min(100, N - i) }, (_, j) => resolver.resolve(name(i + j))));
+    }
+    expect(dns.count(name(0), 'A')).toBe(1);
+    // The newest 10,000 are answered from the cache; the first was dropped for the last.
+    expect(resolver.known(name(1))).toEqual(['127.0.0.1']);
+    expect(resolver.known(name(N - 1))).toEqual(['127.0.0.1']);
+    expect(resolver.known(name(0))).toBeUndefined();
+    await resolver.resolve(name(0));
+    expect(dns.count(name(0), 'A')).toBe(2);
+    expect(dns.count(name(N - 1), 'A')).toBe(1);
   });
 });

@@ -71,14 +71,13 @@ describe('forward listeners', () => {
     const echo = await startTcpServer('127.0.0.2', undefined, blackhole.port); // 127.0.0.2:P echoes
     cleanup.push(() => blackhole.close(), () => echo.close());
     const { gw, port } = await forwardGateway(`g.whatsapp.net:${blackhole.port}`, echo, { hosts: { 'g.whatsapp.net': ['127.0.0.1', '127.0.0.2'] } });
-    const started = Date.now();
     const client = await RawClient.connect(port);
     client.write('late');
-    expect((await client.bytes(4, 4000)).toString()).toBe('late');
-    // The first attempt had half of the 2 s budget.
-    expect(Date.now() - started).toBeGreaterThanOrEqual(900);
+    expect((await client.bytes(4)).toString()).toBe('late');
     client.destroy();
+    // One record for the connection: the address that answered, no failure for the one that did not.
     expect(gw.audit()[0]).toMatchObject({ event: 'egress.allowed', dest_ip: '127.0.0.2' });
+    expect(gw.audit().filter((r) => r.event === 'egress.failed')).toEqual([]);
   });
 
   it('resolves on every connection, so a DNS change applies to the next one', async () => {
@@ -99,6 +98,8 @@ describe('forward listeners', () => {
     const second = await RawClient.connect(port);
     await second.waitClosed();
     expect(echo.connections).toBe(1);
+    // Two A queries (one per connection), whatever the resolver resent or asked for AAAA.
+    expect(dns.count('g.whatsapp.net', 'A')).toBe(2);
     expect(gw.audit().find((r) => r.event === 'egress.denied')).toMatchObject({ reason: 'special_range', dest_ip: '127.0.0.2' });
   });
 

@@ -1,11 +1,10 @@
-import { execFile } from 'node:child_process';
 import { createHash, randomBytes } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
-import { RawClient, eventually, freePort, startGateway, startTcpServer, type AuditRecord, type TestGateway, type TestServer } from '../helpers.js';
+import { RawClient, auditBarrier, curl, eventually, startClosedPort, startGateway, startTcpServer, type AuditRecord, type TestGateway, type TestServer } from '../helpers.js';
 
 /**
  * Absolute-form HTTP through the proxy, with real sockets on loopback only:
@@ -30,6 +29,8 @@ interface Echo {
 interface Origin {
   port: number;
   connections: number;
+  /** /big responses begun. */
+  bigStarted: number;
   requests: Echo[];
   close(): Promise<void>;
 }
@@ -49,13 +50,14 @@ function bigBody(n: number): Buffer {
 
 async function startOrigin(): Promise<Origin> {
   const sockets = new Set<Socket>();
-  const origin: Origin = { port: 0, connections: 0, requests: [], close: async () => {} };
+  const origin: Origin = { port: 0, connections: 0, bigStarted: 0, requests: [], close: async () => {} };
   const server = http.createServer(async (req, res) => {
     const url = new URL(req.url ?? '/', 'http://origin.invalid');
     if (url.pathname === '/big') {
       // Stream `n` bytes, chunked, respecting back-pressure.
       const n = Number(url.searchParams.get('n'));
       res.writeHead(200, { 'Content-Type': 'application/octet-stream' });
+      origin.bigStarted++;
       let sent = 0;
       const pump = () => {
         while (sent < n) {
@@ -127,6 +129,7 @@ let special: TestServer;
 /** A listener on a port no rule lists. */
 let otherPort: TestServer;
 let closedPort: number;
+let closedHolder: { port: number; close(): void } | undefined;
 
 const gateways: TestGateway[] = [];
 const clients: RawClient[] = [];
@@ -135,7 +138,8 @@ beforeAll(async () => {
   origin = await startOrigin();
   special = await startTcpServer('127.0.0.2');
   otherPort = await startTcpServer('127.0.0.1');
-  closedPort = await freePort();
+  closedHolder = await startClosedPort();
+  closedPort = closedHolder.port;
 });
 
 afterEach(async () => {
@@ -147,6 +151,7 @@ afterAll(async () => {
   await origin?.close();
   await special?.close();
   await otherPort?.close();
+  closedHolder?.close();
 });
 
 function config(mode: 'enforce' | 'report' = 'enforce'): Record<string, unknown> {
@@ -432,12 +437,13 @@ describe('absolute-form HTTP: forwarding', () => {
     const g = await gateway();
     const c = await raw(g.port);
     c.socket.pause();
+    const started = origin.bigStarted;
     c.write(`GET http://g.whatsapp.net:${origin.port}/big?n=${20 * 1024 * 1024} HTTP/1.1\r\n\r\n`);
     await eventually(() => g.audit().some((r) => r.event === 'egress.allowed'));
-    await new Promise((r) => setTimeout(r, 50));
+    // The origin is streaming the answer: the forward is under way.
+    await eventually(() => origin.bigStarted > started);
     await g.close();
-    // The log is closed: read the file itself.
-    await new Promise((r) => setTimeout(r, 100));
+    // The log is closed (and flushed by close): read the file itself.
     const recs = readFileSync(join(g.dir, 'audit.log'), 'utf8')
       .split('\n')
       .filter(Boolean)
@@ -593,8 +599,9 @@ describe('absolute-form HTTP: bodies', () => {
     const res = await readResponse(c);
     expect(res.status).toBe(200);
     expect(echoOf(res.body)).toMatchObject({ method: 'GET', url: '/getbody', body: 'hello' });
-    // The origin saw exactly one request (no body parsed as a second one).
-    await new Promise((r) => setTimeout(r, 100));
+    // The origin saw exactly one request (no body parsed as a second one),
+    // by the time the gateway is done with the exchange.
+    await eventually(() => g.audit().some((r) => r.event === 'egress.closed'));
     expect(origin.requests.filter((r) => r.url.startsWith('/getbody') || r.url.startsWith('hello'))).toHaveLength(1);
   });
 
@@ -747,7 +754,8 @@ describe('absolute-form HTTP: denials', () => {
       dest_ip: '127.0.0.2',
     });
     expect(recs[0]!.rule).toBe('whatsapp');
-    await new Promise((r) => setTimeout(r, 50));
+    c.destroy();
+    await auditBarrier(g);
     expect(special.connections).toBe(before);
   });
 
@@ -884,11 +892,14 @@ describe('malformed requests: 400 bad_request', () => {
         return r.length >= 1 && r;
       });
       // Exactly one record, even if more data follows.
+      const who = clientOf(c);
       if (!c.closed) c.write('more garbage\r\n\r\nGET http://g.whatsapp.net/ HTTP/1.1\r\n\r\n');
-      await new Promise((r) => setTimeout(r, 50));
-      const all = g.audit();
+      c.socket.end();
+      await eventually(() => c.closed);
+      // Whatever the gateway made of the extra bytes is recorded before a later connection's record.
+      const all = await auditBarrier(g);
       expect(all).toHaveLength(1);
-      expectDenied(recs[0], { client: clientOf(c), reason: 'bad_request' });
+      expectDenied(recs[0], { client: who, reason: 'bad_request' });
       if (target) {
         expect(recs[0]!.dest_host).toBe(target.host);
         expect(recs[0]!.dest_port).toBe(target.port === -1 ? P() : target.port);
@@ -974,21 +985,7 @@ describe('report mode', () => {
 });
 
 describe('curl through the proxy', () => {
-  function curl(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-    return new Promise((resolve) => {
-      execFile(
-        '/usr/bin/curl',
-        args,
-        // No proxy settings from the environment; nothing but loopback.
-        { env: { PATH: process.env.PATH ?? '/usr/bin:/bin' }, timeout: 15_000 },
-        (err, stdout, stderr) => {
-          const code = err ? (typeof (err as NodeJS.ErrnoException).code === 'number' ? ((err as { code: number }).code) : 1) : 0;
-          resolve({ code, stdout: String(stdout), stderr: String(stderr) });
-        },
-      );
-    });
-  }
-
+  // curl from the helpers: `-q` (no .curlrc) and no proxy variables; nothing but loopback.
   it('returns the origin body for an allowed URL', async () => {
     const g = await gateway();
     const r = await curl(['-s', '-S', '-x', `http://127.0.0.1:${g.port}`, `http://g.whatsapp.net:${origin.port}/curl?x=1`]);

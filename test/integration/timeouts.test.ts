@@ -30,6 +30,11 @@ describe('timeouts', () => {
     cleanup.push(() => gw.close());
     const client = await RawClient.connect(gw.port);
     await client.waitClosed();
+    expect(client.text).toMatch(/^HTTP\/1.1 408 /);
+    const record = await eventually(() => gw.audit()[0]);
+    expect(record).toMatchObject({ event: 'egress.denied', reason: 'handshake_timeout', listener: 'proxy', proto: 'http', enforced: true });
+    expect(record.dest_host).toBeUndefined();
+    expect(gw.audit()).toHaveLength(1);
   });
 
   it('answers 504 connect_timeout when the destination never accepts', async () => {
