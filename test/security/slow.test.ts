@@ -1,7 +1,7 @@
-import dgram from 'node:dgram';
-import net, { type AddressInfo, type Socket } from 'node:net';
+import net, { type Socket } from 'node:net';
 import { afterEach, describe, expect, it } from 'vitest';
-import { eventually, RawClient, startBlackhole, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
+import { startDns } from '../fixtures/dns-server.js';
+import { eventually, RawClient, startBlackhole, startClosedPort, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
 import { exchange, mark, recordsOf, sleep, socksExchange, waitRecords } from './support.js';
 
 /**
@@ -9,7 +9,9 @@ import { exchange, mark, recordsOf, sleep, socksExchange, waitRecords } from './
  * handles can be counted: slowloris clients on the HTTP and SOCKS listeners,
  * and upstreams that reset mid-stream, accept and stay silent, never accept
  * (a full backlog), and a DNS server that never answers. Each maps to its
- * reason code within its timeout; afterwards no socket or timer is left.
+ * reason code; afterwards no socket or timer is left. Timeouts are
+ * asserted by their reason codes and by events, never by elapsed time
+ * (speed is bench/'s business).
  */
 
 let cleanup: (() => Promise<void> | void)[] = [];
@@ -26,7 +28,7 @@ function resources(): Record<string, number> {
 }
 
 /** Wait until the handle counts are back to `baseline` (or fail, showing the difference). */
-async function expectNoLeak(baseline: Record<string, number>, ms = 8000): Promise<void> {
+async function expectNoLeak(baseline: Record<string, number>, ms = 15_000): Promise<void> {
   const diff = () => {
     const now = resources();
     const keys = new Set([...Object.keys(now), ...Object.keys(baseline)]);
@@ -48,27 +50,27 @@ async function blackhole(): Promise<number> {
   return b.port;
 }
 
-/** A UDP "DNS server" that reads every query and answers none. */
-async function silentDns(): Promise<{ server: string; queries: () => number; close(): Promise<void> }> {
-  const sock = dgram.createSocket('udp4');
-  let n = 0;
-  sock.on('message', () => n++);
-  await new Promise<void>((r) => sock.bind(0, '127.0.0.1', () => r()));
-  return { server: `127.0.0.1:${(sock.address() as AddressInfo).port}`, queries: () => n, close: () => new Promise<void>((r) => sock.close(() => r())) };
+/** A DNS server (the shared fixture) that reads every query for `names` and answers none. */
+async function silentDns(names: string[]) {
+  const dns = await startDns({}, { silent: names });
+  cleanup.push(() => dns.close());
+  return dns;
 }
 
 // ---------------------------------------------------------------------------
 
 describe('slowloris', () => {
-  it('1,000 clients trickling a request head do not stop a normal client, and are dropped at timeouts.handshake', { timeout: 40_000 }, async () => {
+  it('500 clients trickling a request head do not stop a normal client, and are dropped at timeouts.handshake', { timeout: 90_000 }, async () => {
     const echo = await startTcpServer();
     cleanup.push(() => echo.close());
+    // A handshake timeout long enough that opening the slow clients and
+    // serving the normal ones fits well inside it on a busy machine.
     const gw = await startGateway({
       listen: { proxy: '127.0.0.1:0', socks: '127.0.0.1:0' },
       policy: { rules: [{ name: 'wa', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
       dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
-      timeouts: { handshake: '4s', connect: '2s', dns: '500ms' },
-      // All 1,200 are to be held until their timeout (past max_handshakes the oldest would be dropped).
+      timeouts: { handshake: '12s', connect: '5s', dns: '2s' },
+      // All 500 are to be held until their timeout (past max_handshakes the oldest would be dropped).
       limits: { max_handshakes: 2000 },
     });
     cleanup.push(() => gw.close());
@@ -77,12 +79,10 @@ describe('slowloris', () => {
     const baseline = resources();
     const since = mark(gw);
 
-    const HANDSHAKE = 4000;
     const head = Buffer.from(`CONNECT g.whatsapp.net:${echo.port} HTTP/1.1\r\nX-Slow: ${'a'.repeat(100)}`);
     interface Slow {
       socket: Socket;
-      connectedAt: number;
-      closedAt?: number;
+      closed: boolean;
       data: string;
       timer?: NodeJS.Timeout;
     }
@@ -90,15 +90,14 @@ describe('slowloris', () => {
     const open = (port: number, bytes: Buffer): Promise<Slow> =>
       new Promise((resolve, reject) => {
         const socket = net.connect({ port, host: '127.0.0.1' });
-        const s: Slow = { socket, connectedAt: 0, data: '' };
+        const s: Slow = { socket, closed: false, data: '' };
         socket.on('data', (d) => (s.data += d.toString('latin1')));
         socket.on('error', () => {});
         socket.on('close', () => {
-          s.closedAt = Date.now();
+          s.closed = true;
           clearInterval(s.timer);
         });
         socket.once('connect', () => {
-          s.connectedAt = Date.now();
           let i = 0;
           socket.write(bytes.subarray(i, ++i));
           // One byte every ~2 s (jittered), never finishing the head.
@@ -109,46 +108,38 @@ describe('slowloris', () => {
       });
     cleanup.push(() => slow.forEach((s) => (clearInterval(s.timer), s.socket.destroy())));
 
-    // 1,000 on the HTTP proxy and 200 on SOCKS, opened in batches (the accept queue is 511 deep).
+    // 400 on the HTTP proxy and 100 on SOCKS, opened in batches (the accept queue is 511 deep).
     const socksGreeting = Buffer.from([5, 1, 0, 5, 1, 0, 3, 14, ...Buffer.from('g.whatsapp.net'), echo.port >> 8, echo.port & 255]);
-    for (let b = 0; b < 12; b++) {
-      const batch = b < 10 ? Array.from({ length: 100 }, () => open(gw.port, head)) : Array.from({ length: 100 }, () => open(socksPort, socksGreeting));
+    for (let b = 0; b < 5; b++) {
+      const batch = b < 4 ? Array.from({ length: 100 }, () => open(gw.port, head)) : Array.from({ length: 100 }, () => open(socksPort, socksGreeting));
       slow.push(...(await Promise.all(batch)));
-      await sleep(20);
     }
-    const firstConnected = Math.min(...slow.map((s) => s.connectedAt));
 
-    // While they are all connected: a normal client is served at once, on both listeners.
-    await sleep(200);
-    expect(slow.filter((s) => s.closedAt !== undefined)).toHaveLength(0);
+    // While they are all connected: a normal client is served, on both listeners.
     for (let i = 0; i < 2; i++) {
-      const t0 = Date.now();
       const c = await RawClient.connect(gw.port);
       c.write(`CONNECT g.whatsapp.net:${echo.port} HTTP/1.1\r\n\r\n`);
-      expect((await c.head(2000)).status).toBe(200);
+      expect((await c.head()).status).toBe(200);
       c.write('ping');
-      expect((await c.bytes(4, 2000)).toString()).toBe('ping');
+      expect((await c.bytes(4)).toString()).toBe('ping');
       c.destroy();
-      expect(Date.now() - t0).toBeLessThan(1000);
-      const s = await socksExchange(socksPort, { atyp: 3, name: 'g.whatsapp.net' }, echo.port, 200);
+      const s = await socksExchange(socksPort, { atyp: 3, name: 'g.whatsapp.net' }, echo.port, { open: true });
       expect(s.reply).toBe(0);
-      await sleep(200);
     }
-    expect(Date.now()).toBeLessThan(firstConnected + HANDSHAKE); // all still within their handshake time
-    expect(slow.filter((s) => s.closedAt !== undefined)).toHaveLength(0);
+    // ...and the slow ones were all still there while it was.
+    expect(slow.filter((s) => s.closed)).toHaveLength(0);
+    expect(gw.audit().slice(since).filter((r) => r.reason === 'handshake_timeout')).toEqual([]);
 
-    // Then every one is dropped at the handshake timeout (Node checks HTTP heads once a second).
-    await eventually(() => slow.every((s) => s.closedAt !== undefined), HANDSHAKE + 5000);
-    for (const s of slow) {
-      const lived = s.closedAt! - s.connectedAt;
-      expect(lived).toBeGreaterThanOrEqual(HANDSHAKE - 100);
-      expect(lived).toBeLessThan(HANDSHAKE + 2500);
-    }
+    // Then every one is dropped at the handshake timeout (the wait is a hang guard).
+    await eventually(() => slow.every((s) => s.closed), 60_000);
     // The HTTP ones got a 408 naming the reason.
-    for (const s of slow.slice(0, 1000)) expect(s.data).toMatch(/^HTTP\/1\.1 408 [^]*X-Wa-Egress-Reason: handshake_timeout/);
-    const records = gw.audit().slice(since).filter((r) => r.event === 'egress.denied' && r.reason === 'handshake_timeout');
-    expect(records.filter((r) => r.listener === 'proxy')).toHaveLength(1000);
-    expect(records.filter((r) => r.listener === 'socks')).toHaveLength(200);
+    for (const s of slow.slice(0, 400)) expect(s.data).toMatch(/^HTTP\/1\.1 408 [^]*X-Wa-Egress-Reason: handshake_timeout/);
+    const records = await eventually(() => {
+      const r = gw.audit().slice(since).filter((x) => x.event === 'egress.denied' && x.reason === 'handshake_timeout');
+      return r.length >= 500 && r;
+    });
+    expect(records.filter((r) => r.listener === 'proxy')).toHaveLength(400);
+    expect(records.filter((r) => r.listener === 'socks')).toHaveLength(100);
 
     await expectNoLeak(baseline);
   });
@@ -175,14 +166,16 @@ describe('slowloris', () => {
     const c = await RawClient.connect(gw.port);
     c.write(`GET http://g.whatsapp.net:${echo.port}/ HTTP/1.1\r\n\r\n`);
     expect((await c.head()).status).toBe(200);
-    const next = `GET http://g.whatsapp.net:${echo.port}/second HTTP/1.1\r\nX-Slow: aaaaaaaaaaaaaaaaaaaa`;
-    const t0 = Date.now();
+    const next = `GET http://g.whatsapp.net:${echo.port}/second HTTP/1.1\r\nX-Slow: ${'a'.repeat(200)}`;
     let i = 0;
+    // A byte every 300 ms would keep the head unfinished for a minute: only the timeout can end it.
     const timer = setInterval(() => !c.closed && c.write(next[i++ % next.length]!), 300);
     cleanup.push(() => clearInterval(timer));
-    await c.waitClosed();
+    await c.waitClosed(30_000);
     clearInterval(timer);
-    expect(Date.now() - t0).toBeLessThan(1000 + 2000);
+    expect(i).toBeLessThan(next.length);
+    // After the first answer's body: the 408.
+    expect(c.text).toMatch(/^okHTTP\/1\.1 408 /);
   });
 
   // A denied absolute-form request whose body is still arriving is answered
@@ -201,17 +194,17 @@ describe('slowloris', () => {
         cleanup.push(() => clearInterval(timer));
         const head = await c.head();
         expect(head.status).toBe(403);
-        const t0 = Date.now();
-        const closed = await c.waitClosed().then(
+        // The declared body would take minutes at this pace; waitClosed's guard is far shorter.
+        const closed = await c.waitClosed(30_000).then(
           () => true,
           () => false,
         );
         clearInterval(timer);
         c.destroy();
-        return { closed, ms: Date.now() - t0 };
+        return { closed };
       }),
     );
-    for (const r of results) expect(r.closed, `still open ${r.ms} ms after the 403`).toBe(true);
+    for (const r of results) expect(r.closed, 'still open after the 403').toBe(true);
   });
 });
 
@@ -230,18 +223,15 @@ describe('faults', () => {
     return gw;
   }
 
-  /** The three listeners' answers for one destination, with elapsed times and records. */
+  /** The three listeners' answers for one destination, with their records. */
   async function allListeners(gw: TestGateway, port: number) {
     const since = mark(gw);
-    let t0 = Date.now();
-    const c = await exchange(gw.port, `CONNECT g.whatsapp.net:${port} HTTP/1.1\r\n\r\n`, 5000);
-    const connect = { text: c.data.toString('latin1'), ms: Date.now() - t0, records: await waitRecords(gw, c.client, since) };
-    t0 = Date.now();
-    const s = await socksExchange(gw.gw.address('socks').port, { atyp: 3, name: 'g.whatsapp.net' }, port, 5000);
-    const socks = { reply: s.reply, ms: Date.now() - t0, records: await waitRecords(gw, s.client, since) };
-    t0 = Date.now();
-    const f = await exchange(gw.gw.address('fwd').port, 'hello', 5000);
-    const fwd = { closed: f.closed, data: f.data, ms: Date.now() - t0, records: await waitRecords(gw, f.client, since) };
+    const c = await exchange(gw.port, `CONNECT g.whatsapp.net:${port} HTTP/1.1\r\n\r\n`);
+    const connect = { text: c.data.toString('latin1'), records: await waitRecords(gw, c.client, since) };
+    const s = await socksExchange(gw.gw.address('socks').port, { atyp: 3, name: 'g.whatsapp.net' }, port);
+    const socks = { reply: s.reply, records: await waitRecords(gw, s.client, since) };
+    const f = await exchange(gw.gw.address('fwd').port, 'hello');
+    const fwd = { closed: f.closed, data: f.data, records: await waitRecords(gw, f.client, since) };
     return { connect, socks, fwd };
   }
 
@@ -311,7 +301,8 @@ describe('faults', () => {
   });
 
   it('an upstream that accepts and never answers: the tunnel stays open (no timeout reaches it) and nothing is left once it closes', async () => {
-    const upstream = await startTcpServer('127.0.0.1', () => {});
+    let upstreamEnds = 0;
+    const upstream = await startTcpServer('127.0.0.1', (sock) => sock.on('end', () => upstreamEnds++));
     cleanup.push(() => upstream.close());
     const gw = await faultGateway(upstream.port);
     const baseline = resources();
@@ -328,8 +319,13 @@ describe('faults', () => {
     const f = await RawClient.connect(gw.gw.address('fwd').port);
     f.write('hello?');
     await eventually(() => gw.gw.tunnels.size === 3);
-    // Past the handshake timeout (1 s) and the connect timeout: still open.
-    await sleep(1800);
+    // Past the handshake timeout (1 s) and the connect timeout (700 ms): a
+    // client that arrives later and says nothing has been dropped for it.
+    const later = await RawClient.connect(gw.port);
+    const laterName = `127.0.0.1:${later.socket.localPort}`;
+    await later.waitClosed();
+    later.destroy();
+    expect(await waitRecords(gw, laterName, since)).toEqual([expect.objectContaining({ reason: 'handshake_timeout' })]);
     expect([c.closed || c.ended, s.closed || s.ended, f.closed || f.ended]).toEqual([false, false, false]);
     expect(gw.gw.tunnels.size).toBe(3);
 
@@ -341,8 +337,8 @@ describe('faults', () => {
     c.socket.resetAndDestroy();
     s.socket.end();
     f.destroy();
-    await eventually(() => gw.gw.tunnels.size === 2);
-    await sleep(200);
+    // Both FINs reached the upstream, and those tunnels are still there, half-closed.
+    await eventually(() => gw.gw.tunnels.size === 2 && upstreamEnds === 2);
     expect(gw.gw.tunnels.size).toBe(2);
     // The silent upstream finally hangs up: the half-closed tunnels end too.
     await upstream.close();
@@ -357,7 +353,7 @@ describe('faults', () => {
     await expectNoLeak(baseline);
   });
 
-  it('an upstream that never accepts (blackholed SYN): 504 connect_timeout within timeouts.connect, on every listener', async () => {
+  it('an upstream that never accepts (blackholed SYN): 504 connect_timeout, on every listener', async () => {
     const port = await blackhole();
     const gw = await faultGateway(port);
     const baseline = resources();
@@ -367,16 +363,13 @@ describe('faults', () => {
     expect(fwd.closed).toBe(true);
     expect(fwd.data.length).toBe(0);
     for (const r of [connect, socks, fwd]) {
-      expect(r.ms).toBeGreaterThanOrEqual(600);
-      expect(r.ms).toBeLessThan(700 + 1000);
       expect(r.records).toEqual([expect.objectContaining({ event: 'egress.failed', reason: 'connect_timeout', dest_ip: '127.0.0.1' })]);
     }
     await expectNoLeak(baseline);
   });
 
-  it('a DNS server that never answers: 502 dns_failed within timeouts.dns, on every listener', async () => {
-    const dns = await silentDns();
-    cleanup.push(() => dns.close());
+  it('a DNS server that never answers: 502 dns_failed at timeouts.dns, on every listener', async () => {
+    const dns = await silentDns(['g.whatsapp.net']);
     const echo = await startTcpServer();
     cleanup.push(() => echo.close());
     const gw = await faultGateway(echo.port, { hosts: {}, servers: [dns.server] });
@@ -386,23 +379,18 @@ describe('faults', () => {
     expect(socks.reply).toBe(0x04);
     expect(fwd.closed).toBe(true);
     for (const r of [connect, socks, fwd]) {
-      expect(r.ms).toBeGreaterThanOrEqual(500);
-      expect(r.ms).toBeLessThan(600 + 1000);
       expect(r.records).toEqual([expect.objectContaining({ event: 'egress.failed', reason: 'dns_failed' })]);
     }
-    expect(dns.queries()).toBeGreaterThan(0);
+    expect(dns.count('g.whatsapp.net')).toBeGreaterThan(0);
     expect(echo.connections).toBe(0);
     // c-ares gives up on its own retries after the budget; then nothing is left.
     await expectNoLeak(baseline);
   });
 
-  it('a refused connection: 502 connect_failed at once, on every listener', async () => {
-    const closedPort = await new Promise<number>((r) => {
-      const s = net.createServer().listen(0, '127.0.0.1', () => {
-        const p = (s.address() as AddressInfo).port;
-        s.close(() => r(p));
-      });
-    });
+  it('a refused connection: 502 connect_failed, on every listener', async () => {
+    const held = await startClosedPort();
+    cleanup.push(() => held.close());
+    const closedPort = held.port;
     const gw = await faultGateway(closedPort);
     const baseline = resources();
     const { connect, socks, fwd } = await allListeners(gw, closedPort);
@@ -410,7 +398,6 @@ describe('faults', () => {
     expect(socks.reply).toBe(0x05);
     expect(fwd.closed).toBe(true);
     for (const r of [connect, socks, fwd]) {
-      expect(r.ms).toBeLessThan(500);
       expect(r.records).toEqual([expect.objectContaining({ event: 'egress.failed', reason: 'connect_failed' })]);
     }
     await expectNoLeak(baseline);
@@ -432,26 +419,25 @@ describe('faults', () => {
     c.write(`GET http://g.whatsapp.net:${upstream.port}/ HTTP/1.1\r\n\r\nCONNECT g.whatsapp.net:${upstream.port} HTTP/1.1\r\n\r\n`);
     await c.waitClosed();
     c.destroy();
-    await eventually(() => gw.gw.tunnels.size === 0, 3000).catch(() => {
+    await eventually(() => gw.gw.tunnels.size === 0).catch(() => {
       expect(gw.gw.tunnels.size, 'tunnels left open').toBe(0);
     });
     const connects = recordsOf(gw, name, since).filter((r) => r.proto === 'connect');
     expect(connects).toEqual([expect.objectContaining({ event: 'egress.denied', reason: 'bad_request', dest_host: 'g.whatsapp.net' })]);
-    await expectNoLeak(baseline, 2000);
+    await expectNoLeak(baseline);
   });
 
   it('many failing attempts at once leave no handle behind', async () => {
     const port = await blackhole();
-    const dns = await silentDns();
-    cleanup.push(() => dns.close());
+    const dns = await silentDns(['g.whatsapp.net']);
     const gw = await faultGateway(port, { servers: [dns.server], hosts: { 'g.whatsapp.net': '127.0.0.1' } });
     const baseline = resources();
     const jobs: Promise<unknown>[] = [];
     for (let i = 0; i < 50; i++) {
-      jobs.push(exchange(gw.port, `CONNECT g.whatsapp.net:${port} HTTP/1.1\r\n\r\n`, 5000)); // connect_timeout
-      jobs.push(exchange(gw.port, `CONNECT unknown${i}.example:${port} HTTP/1.1\r\n\r\n`, 5000)); // host_not_allowed
-      jobs.push(socksExchange(gw.gw.address('socks').port, { atyp: 3, name: 'g.whatsapp.net' }, port, 5000));
-      jobs.push(exchange(gw.gw.address('fwd').port, 'x', 5000));
+      jobs.push(exchange(gw.port, `CONNECT g.whatsapp.net:${port} HTTP/1.1\r\n\r\n`)); // connect_timeout
+      jobs.push(exchange(gw.port, `CONNECT unknown${i}.example:${port} HTTP/1.1\r\n\r\n`)); // host_not_allowed
+      jobs.push(socksExchange(gw.gw.address('socks').port, { atyp: 3, name: 'g.whatsapp.net' }, port));
+      jobs.push(exchange(gw.gw.address('fwd').port, 'x'));
       // Clients that give up while their attempt is still dialling.
       const quitter = net.connect(gw.port, '127.0.0.1', () => {
         quitter.write(`CONNECT g.whatsapp.net:${port} HTTP/1.1\r\n\r\n`);
@@ -460,7 +446,7 @@ describe('faults', () => {
       quitter.on('error', () => {});
     }
     await Promise.all(jobs);
-    await eventually(() => gw.audit().filter((r) => r.event === 'egress.failed').length >= 200, 5000);
+    await eventually(() => gw.audit().filter((r) => r.event === 'egress.failed').length >= 200);
     await expectNoLeak(baseline);
     expect(gw.gw.tunnels.size).toBe(0);
   });

@@ -6,13 +6,16 @@ import { decide, decisionContext, type Decision, type DecisionContext } from '..
 import { Resolver } from '../../src/net/resolve.js';
 import { SelfAddresses } from '../../src/net/self.js';
 import { parseHostPort } from '../../src/policy/hostport.js';
+import { deadDns } from '../helpers.js';
 
 /**
  * decide() with a real Policy from parseConfig and a Resolver that answers
- * only from static hosts: its one DNS server is 127.0.0.1:9, where nothing
- * answers, so any other name fails fast with dns_failed. The system resolver
- * is never used.
+ * only from static hosts: its one DNS server is the helpers' dead DNS
+ * server, which refuses every query, so any other name fails with
+ * dns_failed. The system resolver is never used.
  */
+
+const DEAD_DNS = await deadDns();
 
 /**
  * A Resolver that records the names it was asked for. Every lookup starts
@@ -52,10 +55,10 @@ function setup(s: Setup): DecisionContext & { resolver: CountingResolver } {
   const text = stringify({
     listen: { proxy: '127.0.0.1:3128' },
     policy: { mode: s.mode ?? 'enforce', rules: s.rules, allow_ranges: s.allow_ranges ?? [] },
-    dns: { hosts: s.hosts ?? {} },
+    dns: { hosts: s.hosts ?? {}, servers: [DEAD_DNS] },
   });
   const config = parseConfig(text, s.file ?? '/nonexistent/config.yaml');
-  const resolver = new CountingResolver({ hosts: config.dns.hosts, servers: ['127.0.0.1:9'], timeoutMs: 200 });
+  const resolver = new CountingResolver({ hosts: config.dns.hosts, servers: [DEAD_DNS], timeoutMs: 5000 });
   const self = new SelfAddresses();
   for (const [ip, port] of s.self ?? []) self.add(ip, port);
   return { ...decisionContext(config, self), resolver, resolveUnlisted: s.resolveUnlisted ?? true };
@@ -119,19 +122,15 @@ describe('decide: reasons', () => {
 
   it('host_not_allowed (403), not dns_failed, for an unmatched name that does not resolve while ip_ranges exist', async () => {
     const before = ctx.resolver.asked.length;
-    const t0 = Date.now();
     const d = await run(ctx, 'nowhere.example.net:443');
     expect(d).toEqual({ verdict: 'deny', reason: 'host_not_allowed', addresses: [] });
-    // It was resolved (to test ip_ranges), and failed fast.
+    // It was resolved (to test ip_ranges), once.
     expect(ctx.resolver.asked.slice(before)).toEqual(['nowhere.example.net']);
-    expect(Date.now() - t0).toBeLessThan(5000);
   });
 
   it('dns_failed (502) for a name a rule matched that does not resolve', async () => {
-    const t0 = Date.now();
     expect(await run(ctx, 'unresolvable.example.com:443')).toEqual({ verdict: 'fail', reason: 'dns_failed', rule: 'web', addresses: [] });
     expect(await run(ctx, 'b.wild.example.org:443')).toEqual({ verdict: 'fail', reason: 'dns_failed', rule: 'web', addresses: [] });
-    expect(Date.now() - t0).toBeLessThan(5000);
   });
 
   it('ip_ranges allow a name through its resolved address', async () => {
