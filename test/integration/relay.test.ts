@@ -160,15 +160,18 @@ describe('tunnel data path', () => {
   });
 
   it('small messages queued for a stalled origin are not overwritten by other tunnels reading meanwhile', async () => {
-    // Origin "stall" reads nothing for a while, so the proxy's writes to it
-    // queue up; tunnel B keeps the shared read buffer busy meanwhile.
+    // Origin "stall" reads nothing until every message is written, so the
+    // proxy's writes to it queue up; tunnel B keeps the shared read buffer
+    // busy meanwhile.
     let done!: (r: { hash: string; bytes: number }) => void;
     const stalled = new Promise<{ hash: string; bytes: number }>((r) => (done = r));
+    let release!: () => void;
+    const released = new Promise<void>((r) => (release = r));
     const stall = await startTcpServer('127.0.0.1', (s) => {
       s.pause();
       const h = createHash('sha256');
       let bytes = 0;
-      setTimeout(() => {
+      void released.then(() => {
         s.on('data', (d: Buffer) => {
           h.update(d);
           bytes += d.length;
@@ -178,7 +181,7 @@ describe('tunnel data path', () => {
           s.end();
         });
         s.resume();
-      }, 800);
+      });
     });
     cleanup.push(() => stall.close());
     const { gw, server } = await setup((s) => s.on('data', (d) => s.write(d)), [stall.port]);
@@ -190,8 +193,7 @@ describe('tunnel data path', () => {
     b.socket.setNoDelay(true);
     const sent = createHash('sha256');
     let bytes = 0;
-    const until = Date.now() + 600;
-    for (let i = 0; Date.now() < until; i++) {
+    for (let i = 0; i < 1500; i++) {
       const msg = randomBytes(200 + (i % 700));
       sent.update(msg);
       bytes += msg.length;
@@ -200,6 +202,7 @@ describe('tunnel data path', () => {
       await new Promise((r) => setImmediate(r));
     }
     a.socket.end();
+    release();
     const got = await stalled;
     expect(got.bytes).toBe(bytes);
     expect(got.hash).toBe(sent.digest('hex'));
