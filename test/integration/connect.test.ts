@@ -240,6 +240,37 @@ describe('tunnel behaviour', () => {
     client.destroy();
   });
 
+  it('an upstream that hangs up first: the tunnel ends with close_reason upstream_closed, on every listener', async () => {
+    // Answers one message, then closes its side.
+    const server = await startTcpServer('127.0.0.1', (s) => s.once('data', (d) => s.end(`bye ${d}`)));
+    const gw = await startGateway({
+      listen: { proxy: '127.0.0.1:0', socks: '127.0.0.1:0', forwards: [{ name: 'fwd', listen: '127.0.0.1:0', to: `g.whatsapp.net:${server.port}` }] },
+      policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [server.port] }], allow_ranges: ['127.0.0.1/32'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
+    });
+    cleanup.push(() => server.close(), () => gw.close());
+    const viaConnect = (await connectVia(gw.port, `g.whatsapp.net:${server.port}`)).client;
+    const viaSocks = await RawClient.connect(gw.gw.address('socks').port);
+    viaSocks.write(Buffer.from([5, 1, 0, 5, 1, 0, 3, 14, ...Buffer.from('g.whatsapp.net'), server.port >> 8, server.port & 255]));
+    await viaSocks.bytes(12);
+    viaSocks.data = Buffer.alloc(0);
+    const viaFwd = await RawClient.connect(gw.gw.address('fwd').port);
+    for (const [c, listener] of [[viaConnect, 'proxy'], [viaSocks, 'socks'], [viaFwd, 'fwd']] as const) {
+      c.write('hi');
+      // The upstream's FIN reaches the client; the client then closes its side too.
+      await eventually(() => c.ended);
+      expect(c.text, listener).toBe('bye hi');
+      c.socket.end();
+      await eventually(() => c.closed);
+    }
+    const closed = await eventually(() => {
+      const r = gw.audit().filter((x) => x.event === 'egress.closed');
+      return r.length === 3 && r;
+    });
+    expect(closed.map((r) => `${r.listener}:${r.close_reason}`).sort()).toEqual(['fwd:upstream_closed', 'proxy:upstream_closed', 'socks:upstream_closed']);
+    for (const r of closed) expect(r).toMatchObject({ bytes_up: 2, bytes_down: 6 });
+  });
+
   it('propagates a FIN that arrives while the upstream is being dialled', async () => {
     const server = await startTcpServer('127.0.0.1', (s) => {
       const chunks: Buffer[] = [];

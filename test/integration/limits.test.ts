@@ -1,46 +1,35 @@
-import { spawn, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
-import { join, resolve } from 'node:path';
+import { join } from 'node:path';
 import { afterEach, describe, expect, it } from 'vitest';
-import { stringify } from 'yaml';
-import { eventually, startTcpServer, type TestServer } from '../helpers.js';
+import { eventually, spawnServe, startTcpServer, writeTestConfig, type ServeProcess, type TestServer } from '../helpers.js';
 
 /**
  * The open-file limit: the gateway reports it, and past its descriptor
  * budget refuses new connections with a record instead of failing.
  */
 
-const CLI = resolve(import.meta.dirname, '../../dist/cli.js');
-let child: ChildProcess | undefined;
+let child: ServeProcess | undefined;
 let echo: TestServer | undefined;
 afterEach(async () => {
-  child?.kill('SIGKILL');
+  await child?.stop('SIGKILL');
   await echo?.close();
 });
 
 describe('open-file limit', () => {
   it('reports the limit and refuses connections past the budget with over_capacity records', async () => {
     echo = await startTcpServer();
-    const dir = mkdtempSync(join(tmpdir(), 'wa-egress-fd-'));
-    const file = join(dir, 'config.yaml');
-    writeFileSync(
-      file,
-      stringify({
-        listen: { proxy: '127.0.0.1:0' },
-        policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
-        dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
-        audit: { file: 'audit.log' },
-      }),
-    );
+    const { dir, file } = await writeTestConfig({
+      listen: { proxy: '127.0.0.1:0' },
+      policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
+      dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
+      audit: { file: 'audit.log' },
+    });
     // 100 descriptors: a budget of 34 client connections.
-    child = spawn('bash', ['-c', `ulimit -n 100 && exec "${process.execPath}" "${CLI}" serve --config "${file}"`], { stdio: ['ignore', 'ignore', 'pipe'] });
-    let err = '';
-    child.stderr!.on('data', (d) => (err += d));
-    const line = await eventually(() => err.split('\n').find((l) => l.includes('"listening"')), 10_000);
-    const port = Number(/:(\d+)"/.exec(line)![1]);
-    const limit = JSON.parse(await eventually(() => err.split('\n').find((l) => l.includes('open-file limit'))));
+    child = await spawnServe(['--config', file], { stdout: 'ignore', wrap: 'ulimit -n 100 &&' });
+    const port = child.ports.proxy!;
+    const err = child.stderr;
+    const limit = JSON.parse(await eventually(() => err().split('\n').find((l) => l.includes('open-file limit'))));
     expect(limit).toMatchObject({ fd_soft: 100, max_client_connections: 34 });
 
     // 50 tunnels at once: 34 open, the rest are refused and audited.
@@ -79,8 +68,7 @@ describe('open-file limit', () => {
       if (again !== 'HTTP/1.1 200') await new Promise((r) => setTimeout(r, 100));
     }
     expect(again).toBe('HTTP/1.1 200');
-    child.kill('SIGTERM');
-    await new Promise((r) => child!.once('exit', r));
+    expect(await child.stop('SIGTERM')).toBe(0);
     const records = readFileSync(join(dir, 'audit.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l));
     const refused = records.filter((r) => r.reason === 'over_capacity');
     // The 16, and any retry above that came before the server saw the closes.
