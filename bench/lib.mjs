@@ -10,16 +10,31 @@ export const CLK_TCK = 100; // USER_HZ on Linux (getconf CLK_TCK)
 
 export const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-/** A port that was free a moment ago on 127.0.0.1. */
-export function freePort() {
-  return new Promise((resolve, reject) => {
-    const s = net.createServer();
-    s.once('error', reject);
-    s.listen(0, '127.0.0.1', () => {
-      const { port } = s.address();
-      s.close(() => resolve(port));
+/**
+ * A port free on 127.0.0.1 for a peer whose config must name its port
+ * (squid, haproxy...). Chosen below the kernel's ephemeral range, where no
+ * port-0 bind lands, so it cannot be taken by a test or a client socket
+ * running beside the bench between this check and the peer's bind.
+ */
+export async function freePort() {
+  let lo = 32768;
+  try {
+    lo = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || lo;
+  } catch {
+    // not Linux: the default range's start
+  }
+  const top = Math.min(lo, 32768);
+  const base = Math.max(1024, top - 12_000);
+  for (let i = 0; i < 50; i++) {
+    const port = base + Math.floor(Math.random() * (top - base));
+    const free = await new Promise((resolve) => {
+      const s = net.createServer();
+      s.once('error', () => resolve(false));
+      s.listen(port, '127.0.0.1', () => s.close(() => resolve(true)));
     });
-  });
+    if (free) return port;
+  }
+  throw new Error('no free port below the ephemeral range');
 }
 
 /** Resolve once something accepts TCP connections on host:port. */
