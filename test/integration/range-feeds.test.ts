@@ -9,11 +9,11 @@ import { join, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { gzipSync } from 'node:zlib';
 import { strToU8, zipSync } from 'fflate';
-import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it, onTestFinished } from 'vitest';
 import { stringify } from 'yaml';
 import type { RangeFeedEvent } from '../../src/events.js';
 import { startDns, type TestDns } from '../fixtures/dns-server.js';
-import { connectVia, eventually, freePort, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
+import { connectVia, eventually, startClosedPort, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
 
 /**
  * `url:` and `dns:` ip_ranges entries against a local HTTPS server (a
@@ -262,7 +262,9 @@ describe.skipIf(!openssl)('url: ranges', () => {
   });
 
   it('starts with a fetch that fails and no cache: the rule has its fixed ranges only', async () => {
-    const dead = `https://127.0.0.1:${await freePort()}/list.txt`;
+    const closed = await startClosedPort();
+    onTestFinished(() => closed.close());
+    const dead = `https://127.0.0.1:${closed.port}/list.txt`;
     const g = await gateway(['127.0.0.4/32', `url:${dead}`]);
     expect(await status(g, '127.0.0.4')).toBe(200);
     expect(await status(g, '127.0.0.2')).toBe(403);
@@ -286,7 +288,7 @@ describe.skipIf(!openssl)('dns: ranges', () => {
   afterEach(async () => dns?.close());
 
   it('follows a name’s addresses, refreshed by TTL', async () => {
-    dns = await startDns({ 'feed.test': (n) => (n <= 2 ? { A: ['127.0.0.2'], ttl: 1 } : { A: ['127.0.0.3'], AAAA: ['2001:db8::3'], ttl: 1 }) });
+    dns = await startDns({ 'feed.test': (n) => (n <= 1 ? { A: ['127.0.0.2'], ttl: 1 } : { A: ['127.0.0.3'], AAAA: ['2001:db8::3'], ttl: 1 }) });
     const events = feedEvents();
     const g = await gateway(['dns:feed.test'], {}, { dns: { servers: [dns.server] } });
     expect(await status(g, '127.0.0.2')).toBe(200);
@@ -297,7 +299,7 @@ describe.skipIf(!openssl)('dns: ranges', () => {
   });
 
   it('keeps the last addresses when the name stops resolving', async () => {
-    dns = await startDns({ 'feed.test': (n) => (n <= 2 ? { A: ['127.0.0.2'], ttl: 1 } : { A: [], ttl: 1 }) }, {});
+    dns = await startDns({ 'feed.test': (n) => (n <= 1 ? { A: ['127.0.0.2'], ttl: 1 } : { A: [], ttl: 1 }) }, {});
     const events = feedEvents();
     const g = await gateway(['dns:feed.test'], { dns_refresh: '200ms' }, { dns: { servers: [dns.server] } });
     await events.next((e) => e.source === 'dns' && e.result === 'failed');
