@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import tls from 'node:tls';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { freePort, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
+import { startClosedPort, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
 
 /**
  * check-network through a real gateway, against loopback sinks only: the
@@ -135,7 +135,8 @@ describe.skipIf(!haveOpenssl)('check-network', () => {
 
   it('a closed 5222 at the far end: the gateway answers 502 connect_failed, a warning', async () => {
     // A gateway whose policy lists the closed port, so it dials and is refused.
-    const closed = await freePort();
+    const held = await startClosedPort();
+    const closed = held.port;
     const wide = await startGateway({
       policy: { rules: [{ name: 'w', hosts: ['g.whatsapp.net'], ports: [tlsPort, closed] }], allow_ranges: ['127.0.0.1/32'] },
       dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
@@ -151,6 +152,7 @@ describe.skipIf(!haveOpenssl)('check-network', () => {
       expect(r2.code).toBe(1);
     } finally {
       await wide.close();
+      held.close();
     }
   });
 
@@ -186,8 +188,9 @@ describe.skipIf(!haveOpenssl)('check-network', () => {
   });
 
   it('the proxy down: one problem, every check skipped, exit 2', async () => {
-    const down = await freePort();
-    const r = await cli(['--proxy', `http://127.0.0.1:${down}`, '--hosts', hostsFile, '--ports', ports(), '--json']);
+    const held = await startClosedPort();
+    const down = held.port;
+    const r = await cli(['--proxy', `http://127.0.0.1:${down}`, '--hosts', hostsFile, '--ports', ports(), '--json']).finally(() => held.close());
     const json = JSON.parse(r.stdout) as Record<string, Record<string, string>>;
     expect(json.proxy).toMatchObject({ result: 'problem' });
     expect(json.proxy!.message).toBe(`proxy unreachable: cannot connect to the proxy http://127.0.0.1:${down}: ECONNREFUSED`);
