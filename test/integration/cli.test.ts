@@ -138,13 +138,18 @@ describe('wa-egress serve', () => {
     expect(await loud.stop('SIGTERM')).toBe(0);
     expect(loud.stderr()).toContain('"msg":"listening"');
     expect(loud.stderr()).toContain('"msg":"stopping"');
-    // An invalid config is reported in plain text at any level; the JSON line only at error and below.
+    // An unknown level is said, and info is used.
+    const odd = await serve(file, { env: { WA_EGRESS_LOG_LEVEL: 'chatty' } });
+    expect(await odd.stop('SIGTERM')).toBe(0);
+    expect(odd.stderr()).toMatch(/"level":"warn"[^\n]*"WA_EGRESS_LOG_LEVEL":"chatty"/);
+    expect(odd.stderr()).toContain('"msg":"listening"');
+    // An invalid config is reported in plain text at any level; the JSON lines only at error and below.
     const bad = await writeTestConfig({ listen: { proxy: '127.0.0.1:0' }, policy: { rules: [{ name: 'r', hosts: ['*'], ports: [443] }] } });
     for (const [level, json] of [['fatal', false], ['error', true]] as const) {
       const err = (await cli(['serve', '--config', bad.file], { WA_EGRESS_LOG_LEVEL: level }).catch((e: { code: number; stderr: string }) => e)) as { code: number; stderr: string };
       expect(err.code, level).toBe(1);
       expect(err.stderr, level).toContain('policy.rules[0].hosts[0]');
-      expect(err.stderr.includes('"msg":"config error"'), level).toBe(json);
+      expect(err.stderr.includes('{"level":"error"'), level).toBe(json);
     }
   });
 
