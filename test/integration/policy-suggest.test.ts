@@ -78,7 +78,8 @@ async function suggestCli(...args: string[]): Promise<string> {
 /** A config with the suggestion pasted under policy.rules. */
 function pasted(snippet: string, extra: string[] = []): string {
   const file = join(mkdtempSync(join(tmpdir(), 'wa-egress-suggest-')), 'config.yaml');
-  const dns = `dns:\n  hosts:\n${Object.keys(dnsHosts).map((n) => `    ${n}: 127.0.0.1`).join('\n')}\n`;
+  // Pinned: a name the hosts miss goes to a loopback port with no DNS server, never the system resolver.
+  const dns = `dns:\n  servers: ["127.0.0.1:9"]\n  hosts:\n${Object.keys(dnsHosts).map((n) => `    ${n}: 127.0.0.1`).join('\n')}\n`;
   writeFileSync(file, `listen:\n  proxy: "127.0.0.1:0"\npolicy:\n  allow_ranges: ["127.0.0.0/8"]\n  rules:\n${extra.join('\n')}${extra.length ? '\n' : ''}${snippet}${dns}`);
   return file;
 }
