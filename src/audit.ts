@@ -40,6 +40,7 @@ export type CloseReason =
   | 'upstream_timeout'
   | 'idle_timeout'
   | 'shutdown'
+  | 'policy_changed'
   | 'done';
 
 export interface Closed {
@@ -97,31 +98,69 @@ export function escapeLine(line: string): string {
 }
 
 export class Audit {
-  private readonly out: AuditFile;
+  private out: AuditFile;
+  /** Destinations replaced by a reload that still had records to write. */
+  private readonly previous: AuditFile[] = [];
+  /** Lines written to destinations a reload replaced (stats count on across a switch). */
+  private writtenBefore = 0;
+  private replacedBefore = 0;
+  private reopenFailuresBefore = 0;
   private readonly log: Logger;
   dropped = 0;
 
   constructor(private readonly opts: AuditOptions) {
-    const log = opts.log;
-    this.out = new AuditFile(opts.file, {
+    this.out = this.openFile(opts.file);
+    // Through `this.out`, so a reload can switch files between two records.
+    const dest = { write: (line: string) => this.out.write(escapeLine(line)) };
+    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) }, hooks: { logMethod: publish } }, dest);
+  }
+
+  private openFile(file: string): AuditFile {
+    const log = this.opts.log;
+    return new AuditFile(file, {
       onError: (err) =>
         log?.error(
-          { err: err.code ?? err.message, on_error: opts.onError },
-          opts.onError === 'deny' ? 'audit log cannot be written: refusing new connections' : 'audit log cannot be written',
+          { err: err.code ?? err.message, on_error: this.opts.onError },
+          this.opts.onError === 'deny' ? 'audit log cannot be written: refusing new connections' : 'audit log cannot be written',
         ),
       onRecover: () => log?.info('audit log writable again'),
       onDrop: () => log?.error({ dropped: ++this.dropped }, 'audit record dropped: too many records waiting'),
       onReplaced: (reopened, err) =>
         reopened
-          ? log?.warn({ file: opts.file }, 'audit file was deleted or replaced: reopened the path')
+          ? log?.warn({ file }, 'audit file was deleted or replaced: reopened the path')
           : log?.error(
-              { file: opts.file, err: err?.code ?? err?.message, on_error: opts.onError },
+              { file, err: err?.code ?? err?.message, on_error: this.opts.onError },
               'audit file was deleted or replaced and cannot be reopened',
             ),
     });
-    const out = this.out;
-    const dest = { write: (line: string) => out.write(escapeLine(line)) };
-    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) }, hooks: { logMethod: publish } }, dest);
+  }
+
+  /**
+   * A reload's audit settings. A new destination is opened first (on
+   * failure this throws and the old one stays); then every record waiting
+   * for the old one is written to it and it is closed, and the next record
+   * goes to the new one: none is lost or written twice.
+   */
+  configure(file: string, onError: 'deny' | 'continue'): void {
+    if (file !== this.opts.file) {
+      const next = this.openFile(file);
+      const old = this.out;
+      this.out = next;
+      // An old destination that cannot take its records now keeps them and
+      // its retry timer; it is closed with the audit log.
+      if (old.flush() === 'done') {
+        old.close();
+        this.writtenBefore += old.written;
+        this.replacedBefore += old.replaced;
+        this.reopenFailuresBefore += old.reopenFailures;
+      } else {
+        this.previous.push(old);
+        this.opts.log?.error({ file: this.opts.file }, 'the old audit destination cannot be written yet; its records wait for it');
+      }
+      this.opts.file = file;
+      this.opts.log?.info({ file }, 'audit destination changed');
+    }
+    this.opts.onError = onError;
   }
 
   /** False while the destination fails to take writes; records wait in memory. */
@@ -153,12 +192,21 @@ export class Audit {
 
   /** Records written, waiting (lines and bytes) and dropped, for metrics. */
   stats(): { written: number; waitingLines: number; waitingBytes: number; dropped: number; replaced: number; reopenFailures: number } {
-    const o = this.out;
-    return { written: o.written, waitingLines: o.waitingLines, waitingBytes: o.waitingBytes, dropped: this.dropped, replaced: o.replaced, reopenFailures: o.reopenFailures };
+    const all = [...this.previous, this.out];
+    const sum = (f: (o: AuditFile) => number) => all.reduce((n, o) => n + f(o), 0);
+    return {
+      written: this.writtenBefore + sum((o) => o.written),
+      waitingLines: sum((o) => o.waitingLines),
+      waitingBytes: sum((o) => o.waitingBytes),
+      dropped: this.dropped,
+      replaced: this.replacedBefore + sum((o) => o.replaced),
+      reopenFailures: this.reopenFailuresBefore + sum((o) => o.reopenFailures),
+    };
   }
 
   /** Write everything waiting, now (tests, a crash). */
   flushSync(): void {
+    for (const out of this.previous) out.flushSync(0);
     this.out.flushSync(0);
   }
 
@@ -174,6 +222,8 @@ export class Audit {
 
   /** Write everything and close the file. */
   close(): void {
-    if (!this.out.close()) this.opts.log?.error('audit records could not be written before exit');
+    for (const out of [...this.previous, this.out]) {
+      if (!out.close()) this.opts.log?.error({ file: out.path }, 'audit records could not be written before exit');
+    }
   }
 }

@@ -87,7 +87,12 @@ export function newTrace(): DecisionTrace {
   return { rules: [], dns: 'none', addresses: [] };
 }
 
-export async function decide(ctx: DecisionContext, target: Target, trace?: DecisionTrace): Promise<Decision> {
+/**
+ * `connected`: the addresses the destination is already connected to (a
+ * reload judging open tunnels again, see decideConnected); they stand in
+ * for the DNS answer, so no query is made.
+ */
+export async function decide(ctx: DecisionContext, target: Target, trace?: DecisionTrace, connected?: readonly string[]): Promise<Decision> {
   const rules = ctx.policy.rulesFor(target.port);
   const isIp = target.family !== undefined;
   const notAllowed: Reason = isIp ? 'ip_not_allowed' : 'host_not_allowed';
@@ -101,13 +106,15 @@ export async function decide(ctx: DecisionContext, target: Target, trace?: Decis
 
   // Deny before any DNS query when no rule could still allow the destination
   // (or when names no rule lists may not cause queries: a DNS side channel).
-  if (rules.length === 0) return policyDenial(ctx, target, { reason: 'port_not_allowed' }, null, undefined, trace);
+  if (rules.length === 0) return policyDenial(ctx, target, { reason: 'port_not_allowed' }, connected ?? null, undefined, trace);
   if (!isIp && hostIndex < 0 && (!ctx.resolveUnlisted || !Policy.hasRanges(rules))) {
-    return policyDenial(ctx, target, { reason: notAllowed }, null, undefined, trace);
+    return policyDenial(ctx, target, { reason: notAllowed }, connected ?? null, undefined, trace);
   }
 
   let resolved: readonly string[];
-  if (isIp) {
+  if (connected) {
+    resolved = connected;
+  } else if (isIp) {
     resolved = [target.host];
   } else {
     try {
@@ -181,6 +188,11 @@ function traceAddress(
 function traceDnsFailure(trace: DecisionTrace, err: EgressError): void {
   trace.dns = 'failed';
   trace.dnsError = err.message;
+}
+
+/** Judge an open connection again: `target` as first asked for, `address` the one it is connected to. */
+export function decideConnected(ctx: DecisionContext, target: Target, address: string): Promise<Decision> {
+  return decide(ctx, target, undefined, [address]);
 }
 
 /**

@@ -7,25 +7,53 @@ import { decisionContext } from './decide.js';
 import type { EgressContext } from './egress.js';
 import { connectionChannel, type ConnectionEvent } from './events.js';
 import { Admission } from './inbound/admission.js';
-import { createForwardServer } from './inbound/forward.js';
+import { createForwardServer, type ForwardListenerOptions } from './inbound/forward.js';
 import { createHttpProxy } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
 import type { Logger } from './log.js';
 import { fdLimit as readFdLimit } from './limits.js';
 import { SelfAddresses } from './net/self.js';
+import type { Target } from './policy/hostport.js';
 import { RangeFeeds } from './ranges/feeds.js';
 import type { Tunnel } from './tunnel.js';
 
 /**
  * Wires a validated configuration into running listeners. Listeners read the
- * egress context through a getter on every connection, so a later reload can
- * swap policy and resolver without touching established tunnels.
+ * egress context through a getter on every connection, so a reload swaps
+ * policy, resolver, timeouts and audit settings without touching established
+ * tunnels. ops/ drives the lifecycle through `apply` (reload), `drain`,
+ * `stopAccepting` and `close`.
  */
+
+type Kind = 'proxy' | 'socks' | 'forward';
+
+/** A listener as the configuration names it. */
+interface ListenerSpec {
+  name: string;
+  kind: Kind;
+  at: ListenAddress;
+  to?: Target;
+}
+
+interface Listener extends ListenerSpec {
+  server: net.Server;
+  /** The forward listener's options: its `to` changes on reload without a rebind. */
+  forward?: ForwardListenerOptions;
+}
+
+/** Emitted on every listener when the drain starts; inbound/http.ts listens for it. */
+const DRAINING_EVENT = 'draining';
+
 export class Gateway {
   readonly audit: Audit;
   readonly tunnels = new Set<Tunnel>();
   private readonly self = new SelfAddresses();
-  private readonly servers = new Map<string, net.Server>();
+  /** The listeners the configuration names, by name. */
+  private readonly listeners = new Map<string, Listener>();
+  /** Every server until its 'close' (a replaced listener still holds tunnels); its close, once asked. */
+  private readonly servers = new Map<net.Server, Promise<void> | undefined>();
+  /** Each server's listener name, while it has connections. */
+  private readonly names = new Map<net.Server, string>();
   /** Every accepted client socket, so shutdown can close them all. */
   private readonly sockets = new Set<net.Socket>();
   /** Each listener's own count of client sockets, for the shared budget. */
@@ -33,41 +61,34 @@ export class Gateway {
   readonly fdLimit = readFdLimit();
   /** `limits:` over all listeners; reads the configuration in force on each accept. */
   readonly admission = new Admission(() => this.config.limits);
+  /** Sockets of this process that do not proxy (the admin listener), for the loop check. */
+  private readonly own: AddressInfo[] = [];
   private ctx: EgressContext;
   /** Keeps the rules' `url:`/`dns:` ranges current; a reload starts the new config's and stops these. */
   feeds: RangeFeeds;
+  /** Shared by every context, old and new: a connection may keep the one it was accepted with. */
+  private stopped = false;
+  private inflight = 0;
   private readonly boot = randomBytes(3).toString('hex');
   private seq = 0;
   private closing: Promise<void> | undefined;
+  private drainingSince: number | undefined;
+  private accepting = true;
 
   private constructor(
-    readonly config: Config,
+    private current: Config,
     private readonly log?: Logger,
   ) {
-    this.audit = new Audit({ file: config.audit.file, onError: config.audit.on_error, log });
-    this.ctx = this.contextFor(config);
-    this.feeds = new RangeFeeds(config.policy.rules, config.ranges, this.ctx.resolver, log);
+    this.audit = new Audit({ file: current.audit.file, onError: current.audit.on_error, log });
+    this.ctx = this.contextFor(current);
+    this.feeds = new RangeFeeds(current.policy.rules, current.ranges, this.ctx.resolver, log);
   }
 
   static async start(config: Config, log?: Logger): Promise<Gateway> {
     const gw = new Gateway(config, log);
-    const ctx = () => gw.ctx;
-    const nextId = () => gw.nextId();
-    const handshakeTimeoutMs = config.timeouts.handshake;
-    const { admission } = gw;
-    const { proxy, socks, forwards } = config.listen;
     try {
       await gw.feeds.start();
-      if (proxy) {
-        const maxHeadBytes = config.limits.max_head_bytes;
-        await gw.listen('proxy', createHttpProxy(ctx, { name: 'proxy', handshakeTimeoutMs, nextId, admission, maxHeadBytes }), proxy);
-      }
-      if (socks) {
-        await gw.listen('socks', createSocksServer(ctx, { name: 'socks', handshakeTimeoutMs, nextId, admission }), socks);
-      }
-      for (const f of forwards) {
-        await gw.listen(f.name, createForwardServer(ctx, { name: f.name, to: f.to, nextId, admission }), f.listen);
-      }
+      for (const spec of listenerSpecs(config)) await gw.bind(spec);
     } catch (err) {
       await gw.close();
       throw err;
@@ -75,7 +96,52 @@ export class Gateway {
     return gw;
   }
 
+  /** The configuration in force (the last one applied). */
+  get config(): Config {
+    return this.current;
+  }
+
+  /** The egress context new connections get. */
+  get context(): EgressContext {
+    return this.ctx;
+  }
+
+  /** True from the start of a drain on: readiness checks answer "not ready". */
+  get draining(): boolean {
+    return this.drainingSince !== undefined;
+  }
+
+  /** Listeners are accepting connections (the admin listener's /readyz: listening and not draining). */
+  get listening(): boolean {
+    return this.accepting && this.closing === undefined && this.listeners.size > 0 && [...this.listeners.values()].every((l) => l.server.listening);
+  }
+
+  /** A socket of this process that does not proxy (the admin listener): a destination there is a loop. */
+  addOwnAddress(a: AddressInfo): void {
+    this.own.push(a);
+    this.self.add(a.address, a.port);
+  }
+
+  /** Client connections open, per listener (metrics); a moved listener's old socket counts under its name. */
+  *openConnections(): Iterable<[string, number]> {
+    const byName = new Map<string, number>();
+    for (const l of this.listeners.values()) byName.set(l.name, 0);
+    for (const [server, name] of this.names) byName.set(name, (byName.get(name) ?? 0) + (this.perServer.get(server) ?? 0));
+    yield* byName;
+  }
+
+  /** Client connections open (tunnels, HTTP connections, handshakes). */
+  get connections(): number {
+    return this.sockets.size;
+  }
+
+  /** Attempts between decision and dial result. */
+  get pending(): number {
+    return this.inflight;
+  }
+
   private contextFor(config: Config): EgressContext {
+    const gw = this;
     return {
       ...decisionContext(config, this.self),
       audit: this.audit,
@@ -84,8 +150,15 @@ export class Gateway {
       idleTimeoutMs: config.timeouts.idle,
       keepAlive: keepAliveSettings(config),
       tunnels: this.tunnels,
-      stopped: false,
-      inflight: 0,
+      get stopped() {
+        return gw.stopped;
+      },
+      get inflight() {
+        return gw.inflight;
+      },
+      set inflight(n: number) {
+        gw.inflight = n;
+      },
     };
   }
 
@@ -93,20 +166,61 @@ export class Gateway {
     return `${this.boot}-${++this.seq}`;
   }
 
-  private listen(name: string, server: net.Server, { host, port }: ListenAddress): Promise<void> {
+  private create(spec: ListenerSpec): Listener {
+    const ctx = () => this.ctx;
+    const nextId = () => this.nextId();
+    const gw = this;
+    const { admission } = this;
+    // Read on every connection, so a reload's values apply at once (Node's
+    // own HTTP parser keeps the head size it was created with).
+    const common = {
+      name: spec.name,
+      nextId,
+      admission,
+      get handshakeTimeoutMs() {
+        return gw.current.timeouts.handshake;
+      },
+      get maxHeadBytes() {
+        return gw.current.limits.max_head_bytes;
+      },
+    };
+    if (spec.kind === 'proxy') return { ...spec, server: createHttpProxy(ctx, common) };
+    if (spec.kind === 'socks') return { ...spec, server: createSocksServer(ctx, common) };
+    const forward: ForwardListenerOptions = { name: spec.name, to: spec.to!, nextId, admission };
+    return { ...spec, server: createForwardServer(ctx, forward), forward };
+  }
+
+  /** Create and bind a listener; it replaces the one of the same name only once bound. */
+  private bind(spec: ListenerSpec): Promise<Listener> {
+    const l = this.create(spec);
+    const { server } = l;
+    const { host, port } = spec.at;
     return new Promise((resolve, reject) => {
-      // The listener's name goes with a bind error, so serve can point at its key.
-      const failed = (err: Error) => reject(Object.assign(err, { listener: name }));
+      const failed = (err: Error) => {
+        // Not bound: its own timers (the HTTP head checks) stop too.
+        server.close();
+        // The listener's name goes with a bind error, so serve can point at its key.
+        reject(Object.assign(err, { listener: spec.name }));
+      };
       server.once('error', failed);
-      this.limitConnections(name, server);
       server.listen({ host, port, ipv6Only: host === '::' ? false : undefined }, () => {
         server.removeListener('error', failed);
-        server.on('error', (err) => this.log?.error({ err, listener: name }, 'listener error'));
+        server.on('error', (err) => this.log?.error({ err, listener: spec.name }, 'listener error'));
+        this.limitConnections(spec.name, server);
         const a = server.address() as AddressInfo;
         this.self.add(a.address, a.port);
-        this.servers.set(name, server);
-        this.log?.info({ listener: name, address: formatClient(a.address, a.port) }, 'listening');
-        resolve();
+        this.servers.set(server, undefined);
+        this.names.set(server, spec.name);
+        // Bound while the drain stopped the others: it stops too.
+        if (!this.accepting) void this.stopServer(server);
+        server.once('close', () => {
+          this.servers.delete(server);
+          this.names.delete(server);
+          this.perServer.delete(server);
+        });
+        this.listeners.set(spec.name, l);
+        this.log?.info({ listener: spec.name, address: formatClient(a.address, a.port) }, 'listening');
+        resolve(l);
       });
     });
   }
@@ -149,44 +263,129 @@ export class Gateway {
     count(0);
   }
 
-  /** Listening and not closing (the admin listener's /readyz; draining comes with the drain). */
-  get listening(): boolean {
-    return this.closing === undefined && this.servers.size > 0 && [...this.servers.values()].every((s) => s.listening);
-  }
-
-  /** A socket of this process that does not proxy (the admin listener): a destination there is a loop. */
-  addOwnAddress(a: AddressInfo): void {
-    this.self.add(a.address, a.port);
-  }
-
-  /** Client connections open, per listener (metrics). */
-  *openConnections(): Iterable<[string, number]> {
-    for (const [name, server] of this.servers) yield [name, this.perServer.get(server) ?? 0];
-  }
-
   /** Bound address of a listener (tests use port 0). */
   address(name = 'proxy'): AddressInfo {
-    const server = this.servers.get(name);
-    if (!server) throw new Error(`no listener named ${name}`);
-    return server.address() as AddressInfo;
+    const l = this.listeners.get(name);
+    if (!l) throw new Error(`no listener named ${name}`);
+    return l.server.address() as AddressInfo;
   }
 
   /**
-   * Stop listening, cut open connections (their close records are written),
-   * flush the audit log. Graceful drain is a separate, later mode.
+   * Put a reloaded configuration in force: its range feeds' first lists, the
+   * audit destination, the context new connections get, then the listeners. A listener whose
+   * address is unchanged keeps its socket; a moved one is bound anew before
+   * the old one stops accepting (if the new address cannot be bound, the old
+   * listener stays); a removed one stops accepting. Open tunnels are never
+   * touched. Returns the problems, already logged; never throws for them.
+   */
+  async apply(next: Config): Promise<string[]> {
+    const problems: string[] = [];
+    // The new rules' url:/dns: ranges are loaded before they decide anything.
+    const ctx = this.contextFor(next);
+    const feeds = new RangeFeeds(next.policy.rules, next.ranges, ctx.resolver, this.log);
+    try {
+      await feeds.start();
+    } catch (err) {
+      feeds.stop();
+      throw err;
+    }
+    try {
+      this.audit.configure(next.audit.file, next.audit.on_error);
+    } catch (err) {
+      const e = err as NodeJS.ErrnoException;
+      problems.push(`audit.file: cannot open ${next.audit.file}: ${e.code ?? e.message}`);
+      this.log?.error({ err, file: next.audit.file }, 'cannot open the new audit destination; still writing to the old one');
+    }
+    this.ctx = ctx;
+    this.feeds.stop();
+    this.feeds = feeds;
+    this.current = next;
+
+    const wanted = listenerSpecs(next);
+    for (const spec of wanted) {
+      const had = this.listeners.get(spec.name);
+      if (had?.forward && spec.to) had.forward.to = spec.to;
+      if (had && had.at.host === spec.at.host && had.at.port === spec.at.port) continue;
+      // While draining, listeners stay closed.
+      if (!this.accepting) continue;
+      try {
+        await this.bind(spec);
+      } catch (err) {
+        const e = err as NodeJS.ErrnoException;
+        problems.push(`${spec.name}: cannot listen on ${spec.at.text}: ${e.code ?? e.message}`);
+        this.log?.error({ err, listener: spec.name, address: spec.at.text }, had ? 'cannot bind the new address; the listener stays where it was' : 'cannot bind the new listener');
+        continue;
+      }
+      if (had) {
+        void this.stopServer(had.server);
+        this.log?.info({ listener: spec.name, from: had.at.text, to: spec.at.text }, 'listener moved; its open connections stay');
+      }
+    }
+    for (const [name, l] of this.listeners) {
+      if (wanted.some((w) => w.name === name)) continue;
+      this.listeners.delete(name);
+      void this.stopServer(l.server);
+      this.log?.info({ listener: name, address: l.at.text }, 'listener removed; its open connections stay');
+    }
+    this.refreshSelf();
+    return problems;
+  }
+
+  /** The loop check knows exactly the addresses that still accept. */
+  private refreshSelf(): void {
+    this.self.clear();
+    for (const l of this.listeners.values()) {
+      const a = l.server.address() as AddressInfo | null;
+      if (a) this.self.add(a.address, a.port);
+    }
+    for (const a of this.own) this.self.add(a.address, a.port);
+  }
+
+  /**
+   * Start a drain: `draining` turns true, and HTTP listeners answer every
+   * request from now on with `Connection: close` and close their idle
+   * keep-alive connections. Listeners keep accepting until stopAccepting().
+   */
+  drain(): void {
+    if (this.drainingSince !== undefined) return;
+    this.drainingSince = Date.now();
+    for (const server of this.servers.keys()) server.emit(DRAINING_EVENT);
+  }
+
+  /** Listeners stop accepting; open connections go on. */
+  stopAccepting(): void {
+    this.accepting = false;
+    for (const server of this.servers.keys()) void this.stopServer(server);
+  }
+
+  /** Close a server once; resolves when its last connection has gone. */
+  private stopServer(server: net.Server): Promise<void> {
+    let closed = this.servers.get(server);
+    if (!closed) {
+      closed = new Promise<void>((r) => server.close(() => r()));
+      this.servers.set(server, closed);
+    }
+    return closed;
+  }
+
+  /**
+   * Stop listening, cut open connections (their close records are written
+   * with `close_reason: shutdown`), flush the audit log. The end of a drain,
+   * or a plain stop.
    */
   close(): Promise<void> {
     this.closing ??= (async () => {
-      this.ctx.stopped = true;
       this.feeds.stop();
-      const closed = [...this.servers.values()].map((s) => new Promise<void>((r) => s.close(() => r())));
+      this.stopped = true;
+      this.accepting = false;
+      const closed = [...this.servers.keys()].map((s) => this.stopServer(s));
       for (const t of this.tunnels) t.destroy('shutdown');
       for (const s of this.sockets) s.destroy();
       // Attempts still resolving or dialling finish (bounded by their own
       // timeouts) and write their records; tunnels they open are cut at once.
-      const { connect, dns } = this.config.timeouts;
+      const { connect, dns } = this.current.timeouts;
       const deadline = Date.now() + connect + dns + 1000;
-      while (this.ctx.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+      while (this.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       await Promise.all(closed);
       // Close records are written from 'close' events, a tick after destroy.
       for (let i = 0; i < 100 && this.tunnels.size > 0; i++) await new Promise((r) => setImmediate(r));
@@ -195,4 +394,13 @@ export class Gateway {
     })();
     return this.closing;
   }
+}
+
+function listenerSpecs(config: Config): ListenerSpec[] {
+  const { proxy, socks, forwards } = config.listen;
+  const specs: ListenerSpec[] = [];
+  if (proxy) specs.push({ name: 'proxy', kind: 'proxy', at: proxy });
+  if (socks) specs.push({ name: 'socks', kind: 'socks', at: socks });
+  for (const f of forwards) specs.push({ name: f.name, kind: 'forward', at: f.listen, to: f.to });
+  return specs;
 }

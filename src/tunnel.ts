@@ -53,7 +53,8 @@ export class Tunnel {
   private reason: CloseReason | undefined;
   private open = 2;
   private readonly started = Date.now();
-  private readonly destIp: string;
+  /** The address the upstream is connected to (a reload's recheck judges it again). */
+  readonly destIp: string;
   private readonly status: number | undefined;
 
   constructor(

@@ -6,7 +6,9 @@ import { createLogger } from '../log.js';
 import { keepaliveMode } from '../native/sockopt.js';
 import { describeKeepAlive, keepAliveWarning } from '../net/keepalive.js';
 import { startAdmin, type Admin } from '../ops/admin.js';
-import { publishConfigLoad } from '../ops/config-load.js';
+import { fromSource, publishConfigLoad } from '../ops/config-load.js';
+import { Drain } from '../ops/drain.js';
+import { Reloader } from '../ops/reload.js';
 import { loadForServe, startFailure } from '../ops/startup.js';
 import type { Command } from './command.js';
 
@@ -25,10 +27,14 @@ Options:
   -h, --help          show this help
 
 Signals:
-  SIGTERM, SIGINT   stop: close the listeners, end open tunnels (each gets a
-                    close record), write every waiting audit record, exit 0;
-                    a second signal ends the process at once
-  SIGHUP            reload the configuration
+  SIGTERM, SIGINT   drain: stop accepting after shutdown.delay, let open
+                    tunnels and requests finish (up to shutdown.drain_timeout),
+                    close the rest (each gets a close record), write every
+                    waiting audit record, exit 0; a second signal closes
+                    everything at once (still writing the records, exit 0)
+  SIGHUP            reload the configuration, checked as at start (an invalid
+                    one is logged and the running one stays; open tunnels are
+                    kept)
   SIGUSR1           reopen audit.file by its name (after logrotate moved it)
 
 Operational logs go to stderr as JSON lines (WA_EGRESS_LOG_LEVEL: debug, info,
@@ -41,6 +47,9 @@ async function run(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } } });
   if (values.help) return void process.stdout.write(help);
   const log = createLogger();
+  // Until the gateway runs, a SIGHUP (whose default ends the process) has nothing to reload.
+  const earlyHup = () => log.warn('SIGHUP while starting: the configuration is being loaded already');
+  process.on('SIGHUP', earlyHup);
   const file = values.config ?? DEFAULT_CONFIG;
   const { loaded, hash } = loadForServe(file, log);
   const config = loaded.config;
@@ -52,37 +61,46 @@ async function run(args: string[]): Promise<void> {
   const gw = await Gateway.start(config, log).catch((err: unknown) => startFailure(loaded, err, log));
   let admin: Admin | undefined;
   if (config.listen.admin) {
-    admin = await startAdmin(gw, config.listen.admin, () => gw.listening, log).catch(async (err: Error) => {
+    admin = await startAdmin(gw, config.listen.admin, () => gw.listening && !gw.draining, log).catch(async (err: Error) => {
       await gw.close();
       return startFailure(loaded, Object.assign(err, { listener: 'admin' }), log);
     });
     gw.addOwnAddress(admin.address());
   }
-  publishConfigLoad('ok', { config, hash });
+  publishConfigLoad('ok', { hash });
   if (gw.fdLimit) {
     log.info({ fd_soft: gw.fdLimit.soft, fd_hard: gw.fdLimit.hard, max_client_connections: gw.fdLimit.clientBudget }, 'open-file limit');
   }
 
-  let stopping = false;
+  const reloader = new Reloader(gw, fromSource(loaded), log);
+  const drain = new Drain(gw, log);
   const stop = (signal: string) => {
-    if (stopping) return;
-    stopping = true;
-    log.info({ signal }, 'stopping');
-    gw.close().then(
+    if (!drain.started) {
+      log.info({ signal }, 'stopping');
+      reloader.stop();
+    }
+    drain.signal(signal).then(
       async () => {
         await admin?.close();
         process.exit(0);
       },
       (err) => {
         log.error({ err }, 'error while stopping');
+        gw.audit.flushSync();
         process.exit(1);
       },
     );
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
+  process.on('SIGINT', () => stop('SIGINT'));
+  process.removeListener('SIGHUP', earlyHup);
+  process.on('SIGHUP', () => {
+    if (drain.started) return void log.warn('SIGHUP while draining: not reloading');
+    log.info({ signal: 'SIGHUP' }, 'reloading the configuration');
+    void reloader.request('SIGHUP');
+  });
   // logrotate's move-and-signal: reopen the audit file by its name.
   process.on('SIGUSR1', () => gw.audit.reopen());
-  process.on('SIGINT', () => stop('SIGINT'));
   process.on('uncaughtException', (err) => {
     log.fatal({ err }, 'uncaught exception');
     gw.audit.flushSync();

@@ -376,6 +376,12 @@ export function configSchema(baseDir: string) {
         max_head_bytes: size(1024, 1024 * 1024).prefault('16KiB'),
       })
       .prefault({}),
+    shutdown: z
+      .strictObject({ delay: duration().prefault('0s'), drain_timeout: duration().prefault('5m') })
+      .prefault({}),
+    reload: z
+      .strictObject({ watch: z.boolean().default(false), recheck_tunnels: z.boolean().default(false) })
+      .prefault({}),
     audit: z
       .strictObject({ file: z.string().min(1).default('-'), on_error: z.enum(['deny', 'continue']).default('deny') })
       .prefault({})

@@ -102,6 +102,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   (server as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
 
   server.on('connection', (socket: Socket) => {
+    server.headersTimeout = opts.handshakeTimeoutMs; // a reload may change it
     conns.set(socket, { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), requests: 0 });
   });
 
@@ -191,8 +192,12 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   // has closed the audit log.
   const exchanges = new Set<Exchange>();
 
+  // Set when the gateway drains: answers close their connections.
+  let draining = false;
+
   const onRequest = (expectContinue: boolean) => (req: IncomingMessage, res: ServerResponse) => {
     if (closing.has(req.socket)) return;
+    if (draining) res.shouldKeepAlive = false;
     const ex: Exchange = { attempt: attemptFor(req.socket, 'http', req.method), req, res, refused: false, decided: false, expectContinue };
     const conn = conns.get(req.socket);
     if (conn) conn.current = ex;
@@ -303,6 +308,17 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     server.emit('connection', socket);
     socket.resume();
   };
+  // Drain (gateway.ts): idle keep-alive connections close now, busy ones after their answer.
+  front.once('draining', () => {
+    draining = true;
+    const closeIdle = () => server.closeIdleConnections();
+    // An answer already under way cannot say so: its connection closes once idle.
+    for (const ex of exchanges) {
+      if (ex.res.headersSent) ex.res.once('finish', () => setImmediate(closeIdle));
+      else ex.res.shouldKeepAlive = false;
+    }
+    closeIdle();
+  });
   front.on('close', () => {
     for (const ex of exchanges) ex.abort?.('shutdown');
     exchanges.clear();

@@ -1,0 +1,129 @@
+import { summarize } from '../config/load.js';
+import { warnings } from '../config/preflight.js';
+import { ConfigError, formatIssue } from '../errors.js';
+import type { Gateway } from '../gateway.js';
+import type { Logger } from '../log.js';
+import { filesOf, loadConfig, publishConfigLoad, type LoadedConfig } from './config-load.js';
+import { recheckTunnels } from './recheck.js';
+import { FileWatch, fingerprints } from './watch.js';
+
+/**
+ * Hot reload: on SIGHUP, and with `reload.watch` when the config file or a
+ * file it names changes, the whole configuration is read and validated as
+ * `config check` does and, if valid, put in force (Gateway.apply). An
+ * invalid one is logged problem by problem and the running configuration
+ * stays. Reloads run one at a time; one asked for during another runs after
+ * it. Nothing here throws to the caller: a reload never ends the process.
+ */
+
+export type ReloadTrigger = 'SIGHUP' | 'watch';
+
+export class Reloader {
+  private running: Promise<void> | undefined;
+  private queued: ReloadTrigger | undefined;
+  private watch: FileWatch | undefined;
+  private stopped = false;
+
+  constructor(
+    private readonly gw: Gateway,
+    private loaded: LoadedConfig,
+    private readonly log: Logger,
+  ) {
+    this.rewatch();
+  }
+
+  /** The configuration in force, as loaded. */
+  get current(): LoadedConfig {
+    return this.loaded;
+  }
+
+  /** Ask for a reload; resolves when it (and any queued after it) is done. */
+  request(trigger: ReloadTrigger): Promise<void> {
+    if (this.stopped) return Promise.resolve();
+    if (this.running) {
+      // A SIGHUP outranks a watch event: it reloads even an unchanged file.
+      if (this.queued !== 'SIGHUP') this.queued = trigger;
+      return this.running;
+    }
+    // Started on a later tick, so `running` is set before any of it runs.
+    this.running = Promise.resolve().then(async () => {
+      for (let next: ReloadTrigger | undefined = trigger; next && !this.stopped; next = this.takeQueued()) {
+        try {
+          await this.reload(next);
+        } catch (err) {
+          this.log.error({ err, trigger: next }, 'reload failed; the running configuration stays');
+          publishConfigLoad('error');
+        }
+      }
+      this.running = undefined;
+    });
+    return this.running;
+  }
+
+  /** No more reloads (the drain has started). */
+  stop(): void {
+    this.stopped = true;
+    this.watch?.stop();
+    this.watch = undefined;
+  }
+
+  private takeQueued(): ReloadTrigger | undefined {
+    const q = this.queued;
+    this.queued = undefined;
+    return q;
+  }
+
+  private async reload(trigger: ReloadTrigger): Promise<void> {
+    const file = this.loaded.file;
+    // Before reading: a change made while the files are read is seen after.
+    const files = [...new Set([...this.loaded.files, ...filesOf(file)])];
+    const prints = fingerprints(files);
+    let next: ReturnType<typeof loadConfig>;
+    try {
+      next = loadConfig(file);
+    } catch (err) {
+      if (!(err instanceof ConfigError)) throw err;
+      for (const issue of err.issues) this.log.error({ ...issue }, 'config error');
+      this.log.error(
+        { trigger, config: file, problems: err.issues.map(formatIssue) },
+        `reload rejected: ${err.issues.length} problem${err.issues.length === 1 ? '' : 's'} in the configuration; the running configuration stays`,
+      );
+      publishConfigLoad('invalid');
+      this.rewatch(files, prints);
+      return;
+    }
+    // A watch event that changed nothing the configuration is made of (a
+    // touch, an editor's backup file): nothing to do.
+    if (trigger === 'watch' && next.hash === this.loaded.hash) return void this.rewatch(files, prints);
+    for (const w of warnings(next.source)) this.log.warn({ ...w }, 'config warning');
+    const problems = await this.gw.apply(next.config);
+    this.loaded = next;
+    publishConfigLoad('ok', next);
+    this.log.info({ trigger, config: file, hash: next.hash, summary: summarize(next.config), problems: problems.length ? problems : undefined }, 'configuration reloaded');
+    this.rewatch(files, prints);
+    if (next.config.reload.recheck_tunnels) {
+      await recheckTunnels(this.gw, this.log);
+      // Tunnels still being opened on the old policy's word are judged once
+      // their dial is over (bounded by the timeouts); the others pass again.
+      if (this.gw.pending > 0) {
+        const { connect, dns } = next.config.timeouts;
+        setTimeout(() => {
+          if (!this.stopped) void recheckTunnels(this.gw, this.log).catch((err) => this.log.error({ err }, 'recheck of open tunnels failed'));
+        }, connect + dns).unref();
+      }
+    }
+  }
+
+  /**
+   * Watch what the configuration in force is made of and what the file on
+   * disk names now (a rejected configuration's range files too: fixing one
+   * reloads), if the configuration in force asks for that. `prints`: their
+   * fingerprints from before they were read.
+   */
+  private rewatch(files = this.loaded.files, prints = fingerprints(files)): void {
+    this.watch?.stop();
+    this.watch = undefined;
+    if (this.stopped || !this.loaded.config.reload.watch) return;
+    this.watch = new FileWatch(files, prints, () => void this.request('watch'));
+  }
+}
