@@ -122,6 +122,13 @@ export class Gateway {
     this.self.add(a.address, a.port);
   }
 
+  /** That socket is closed (the admin listener moved). */
+  removeOwnAddress(a: AddressInfo): void {
+    const i = this.own.findIndex((o) => o.address === a.address && o.port === a.port);
+    if (i >= 0) this.own.splice(i, 1);
+    this.refreshSelf();
+  }
+
   /** Client connections open, per listener (metrics); a moved listener's old socket counts under its name. */
   *openConnections(): Iterable<[string, number]> {
     const byName = new Map<string, number>();

@@ -1,6 +1,6 @@
 import { parseArgs } from 'node:util';
 import { DEFAULT_CONFIG, summarize } from '../config/load.js';
-import { keepAliveSettings } from '../config/schema.js';
+import { keepAliveSettings, type Config } from '../config/schema.js';
 import { Gateway } from '../gateway.js';
 import { createLogger } from '../log.js';
 import { keepaliveMode } from '../native/sockopt.js';
@@ -59,9 +59,11 @@ async function run(args: string[]): Promise<void> {
   const warning = keepAliveWarning(keepAlive);
   if (warning) log.warn({ keepalive_mode: 'node' }, warning);
   const gw = await Gateway.start(config, log).catch((err: unknown) => startFailure(loaded, err, log));
+  // /readyz: listening and not draining.
+  const ready = () => gw.listening && !gw.draining;
   let admin: Admin | undefined;
   if (config.listen.admin) {
-    admin = await startAdmin(gw, config.listen.admin, () => gw.listening && !gw.draining, log).catch(async (err: Error) => {
+    admin = await startAdmin(gw, config.listen.admin, ready, log).catch(async (err: Error) => {
       await gw.close();
       return startFailure(loaded, Object.assign(err, { listener: 'admin' }), log);
     });
@@ -72,7 +74,29 @@ async function run(args: string[]): Promise<void> {
     log.info({ fd_soft: gw.fdLimit.soft, fd_hard: gw.fdLimit.hard, max_client_connections: gw.fdLimit.clientBudget }, 'open-file limit');
   }
 
-  const reloader = new Reloader(gw, fromSource(loaded), log);
+  // The admin listener moves like the others: the new address is bound first.
+  let adminAt = config.listen.admin;
+  const moveAdmin = async (next: Config) => {
+    const want = next.listen.admin;
+    if (want?.host === adminAt?.host && want?.port === adminAt?.port) return;
+    let fresh: Admin | undefined;
+    if (want) {
+      try {
+        fresh = await startAdmin(gw, want, ready, log);
+      } catch (err) {
+        return void log.error({ err, listener: 'admin', address: want.text }, 'cannot bind the new admin address; the admin listener stays where it was');
+      }
+      gw.addOwnAddress(fresh.address());
+    }
+    if (admin) {
+      gw.removeOwnAddress(admin.address());
+      await admin.close();
+      log.info({ listener: 'admin', address: adminAt?.text }, fresh ? 'admin listener moved' : 'admin listener removed');
+    }
+    admin = fresh;
+    adminAt = want;
+  };
+  const reloader = new Reloader(gw, fromSource(loaded), log, moveAdmin);
   const drain = new Drain(gw, log);
   const stop = (signal: string) => {
     if (!drain.started) {

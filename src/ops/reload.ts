@@ -1,5 +1,6 @@
 import { summarize } from '../config/load.js';
 import { warnings } from '../config/preflight.js';
+import type { Config } from '../config/schema.js';
 import { ConfigError, formatIssue } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import type { Logger } from '../log.js';
@@ -28,6 +29,8 @@ export class Reloader {
     private readonly gw: Gateway,
     private loaded: LoadedConfig,
     private readonly log: Logger,
+    /** What the gateway does not own and a reload changes too (the admin listener); logs its own errors. */
+    private readonly applied?: (next: Config) => Promise<void>,
   ) {
     this.rewatch();
   }
@@ -97,6 +100,7 @@ export class Reloader {
     if (trigger === 'watch' && next.hash === this.loaded.hash) return void this.rewatch(files, prints);
     for (const w of warnings(next.source)) this.log.warn({ ...w }, 'config warning');
     const problems = await this.gw.apply(next.config);
+    await this.applied?.(next.config);
     this.loaded = next;
     publishConfigLoad('ok', next);
     this.log.info({ trigger, config: file, hash: next.hash, summary: summarize(next.config), problems: problems.length ? problems : undefined }, 'configuration reloaded');

@@ -185,9 +185,10 @@ describe('hot reload', () => {
 
   it('rebinds a moved listener, stops a removed one, starts an added one, keeps unchanged ones and every open tunnel', async () => {
     const echo = await echoServer();
-    const listen = { proxy: '127.0.0.1:0', socks: '127.0.0.1:0', forwards: [{ name: 'f1', listen: '127.0.0.1:0', to: `a.test:${echo.port}` }] };
+    const listen = { proxy: '127.0.0.1:0', socks: '127.0.0.1:0', admin: '127.0.0.1:0', forwards: [{ name: 'f1', listen: '127.0.0.1:0', to: `a.test:${echo.port}` }] };
     const { dir, file } = writeConfig({ ...config(echo.port, ['a.test']), listen });
-    const s = await serve(file, dir, ['proxy', 'socks', 'f1']);
+    const s = await serve(file, dir, ['proxy', 'socks', 'f1', 'admin']);
+    const oldAdmin = s.port('admin');
     const oldProxy = s.port('proxy');
     const socksPort = s.port('socks');
     const f1 = s.port('f1');
@@ -198,6 +199,7 @@ describe('hot reload', () => {
     // proxy moves to another loopback address, socks goes, f2 comes, f1 stays.
     const moved = {
       proxy: '127.0.0.2:0',
+      admin: '127.0.0.2:0',
       forwards: [listen.forwards[0]!, { name: 'f2', listen: '127.0.0.1:0', to: `a.test:${echo.port}` }],
     };
     s.rewrite({ ...config(echo.port, ['a.test']), listen: moved });
@@ -208,6 +210,10 @@ describe('hot reload', () => {
     await s.waitLog((l) => l.msg === 'listening' && l.listener === 'f2', n);
     expect(s.logs().slice(n).some((l) => l.msg === 'listening' && l.listener === 'f1')).toBe(false);
 
+    const newAdmin = await s.waitLog((l) => l.msg === 'listening' && l.listener === 'admin', n);
+    expect(newAdmin.address).toMatch(/^127\.0\.0\.2:/);
+    expect((await fetch(`http://127.0.0.2:${s.port('admin')}/readyz`)).status).toBe(200);
+    expect(await refused(oldAdmin)).toBe(true);
     expect(await refused(oldProxy)).toBe(true);
     expect(await refused(socksPort)).toBe(true);
     const { client: fresh, status } = await (async () => {
