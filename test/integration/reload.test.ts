@@ -69,6 +69,13 @@ describe('hot reload', () => {
     expect((await reload(s)).msg).toMatch(/^reload rejected/);
     expect(await status(s, `a.test:${echo.port}`)).toBe(200);
 
+    // The start-up checks apply too: an audit path that cannot be a file.
+    s.rewrite(config(echo.port, ['b.test'], { audit: { file: '/proc/self/wa-egress/audit.log' } }));
+    const unusable = await reload(s);
+    expect(unusable.msg).toMatch(/^reload rejected/);
+    expect((unusable.problems as string[]).some((p) => p.includes('audit.file'))).toBe(true);
+    expect(await status(s, `a.test:${echo.port}`)).toBe(200);
+
     // A valid one afterwards is taken.
     s.rewrite(config(echo.port, ['b.test']));
     expect((await reload(s)).msg).toBe('configuration reloaded');
