@@ -92,6 +92,8 @@ describe('wa-egress serve', () => {
       policy: { rules: [{ name: 'r', hosts: ['g.whatsapp.net'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
       dns: { hosts: { 'g.whatsapp.net': '127.0.0.1' } },
       audit: { file: 'audit.log' },
+      // No drain: SIGTERM cuts at once (drain.test.ts covers the wait).
+      shutdown: { drain_timeout: 0 },
     });
     const g = await serve(file, { listeners: 3 });
     const connect = await RawClient.connect(g.ports.proxy!);
