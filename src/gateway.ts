@@ -10,8 +10,10 @@ import { Admission } from './inbound/admission.js';
 import { createForwardServer } from './inbound/forward.js';
 import { createHttpProxy } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
+import { createTransparentServer } from './inbound/transparent.js';
 import type { Logger } from './log.js';
 import { fdLimit as readFdLimit } from './limits.js';
+import { nativeUnavailableReason } from './native/sockopt.js';
 import { SelfAddresses } from './net/self.js';
 import { RangeFeeds } from './ranges/feeds.js';
 import type { Tunnel } from './tunnel.js';
@@ -55,7 +57,7 @@ export class Gateway {
     const nextId = () => gw.nextId();
     const handshakeTimeoutMs = config.timeouts.handshake;
     const { admission } = gw;
-    const { proxy, socks, forwards } = config.listen;
+    const { proxy, socks, transparent, forwards } = config.listen;
     try {
       await gw.feeds.start();
       if (proxy) {
@@ -64,6 +66,12 @@ export class Gateway {
       }
       if (socks) {
         await gw.listen('socks', createSocksServer(ctx, { name: 'socks', handshakeTimeoutMs, nextId, admission }), socks);
+      }
+      if (transparent) {
+        // Without SO_ORIGINAL_DST every intercepted connection would be unjudgeable: refuse to start.
+        const why = nativeUnavailableReason();
+        if (why) throw new Error(`listen.transparent ${transparent.text}: needs the native addon to read each connection's original destination (SO_ORIGINAL_DST): ${why}`);
+        await gw.listen('transparent', createTransparentServer(ctx, { name: 'transparent', handshakeTimeoutMs, nextId, admission }), transparent);
       }
       for (const f of forwards) {
         await gw.listen(f.name, createForwardServer(ctx, { name: f.name, to: f.to, nextId, admission }), f.listen);
@@ -140,7 +148,7 @@ export class Gateway {
       if (connectionChannel.hasSubscribers) connectionChannel.publish(opened);
     });
     server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => {
-      const proto = name === 'proxy' ? 'http' : name === 'socks' ? 'socks' : 'tcp';
+      const proto = name === 'proxy' ? 'http' : name === 'socks' ? 'socks' : name === 'transparent' ? 'transparent' : 'tcp';
       this.audit.denied(
         { id: this.nextId(), client: formatClient(d?.remoteAddress, d?.remotePort), listener: name, proto },
         { reason: 'over_capacity', enforced: true, error: `${this.sockets.size} client connections: the descriptor budget is used up` },
