@@ -61,7 +61,7 @@ function probe(): { how?: 'nft' | 'iptables'; why?: string } {
 }
 
 function NFT_RULES(port: number): string {
-  return `table ip wa_test { chain pre { type nat hook prerouting priority dstnat; iifname "gc" meta l4proto tcp redirect to :${port}; } }`;
+  return `table ip wa_test { chain pre { type nat hook prerouting priority dstnat; iifname "gc" meta l4proto tcp redirect to :${port}; }; }`;
 }
 
 const { how, why } = probe();
@@ -117,10 +117,10 @@ const fs = require('fs'), net = require('net'), tls = require('tls');
 const [key, cert] = process.argv.slice(1).map((f) => fs.readFileSync(f));
 const answer = (s) => { s.on('error', () => {}); s.once('data', () => s.end('HTTP/1.1 200 OK\\r\\nContent-Length: 9\\r\\nConnection: close\\r\\n\\r\\nserver-ok')); };
 let n = 0;
-const up = () => { if (++n === 3) console.log('READY'); };
+const up = () => { if (++n === 4) console.log('READY'); };
 tls.createServer({ key, cert }, answer).listen(443, '0.0.0.0', up);
 tls.createServer({ key, cert }, answer).listen(8443, '0.0.0.0', up);
-net.createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => {}); s.pipe(s); }).listen(5222, '0.0.0.0', up);
+for (const port of [5222, 5223]) net.createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => {}); s.pipe(s); }).listen(port, '0.0.0.0', up);
 `;
 
 // Send one line, print what comes back and how the connection ended.
@@ -202,10 +202,11 @@ beforeAll(async () => {
           { name: 'tls', hosts: ['allowed.test'], ports: [443] },
           { name: 'chat', ip_ranges: [`${SERVER_IP}/32`], ports: [5222] },
           { name: 'strict', ip_ranges: [`${SERVER_IP}/32`], ports: [8443], require_sni: true },
+          { name: 'byname', hosts: ['chat.test'], match_dns: true, ports: [5223] },
         ],
         allow_ranges: ['10.233.2.0/24'],
       },
-      dns: { hosts: { 'allowed.test': SERVER_IP }, servers: ['127.0.0.1:9'] },
+      dns: { hosts: { 'allowed.test': SERVER_IP, 'chat.test': OTHER_IP }, servers: ['127.0.0.1:9'] },
       timeouts: { handshake: '5s' },
       audit: { file: auditFile },
     }),
@@ -266,6 +267,13 @@ describe.skipIf(!!why)(`transparent gateway in network namespaces (REDIRECT by $
     expect(lines).toContain('CLOSED no-data');
     const denied = await record({ event: 'egress.denied', dest_ip: OTHER_IP });
     expect(denied).toMatchObject({ proto: 'transparent', reason: 'ip_not_allowed', dest_host: OTHER_IP, dest_port: 5222 });
+  });
+
+  it("match_dns: an address among the answers for a rule's name is allowed; another is not", async () => {
+    expect(await raw(OTHER_IP, 5223)).toContain('ECHO ping-through-gateway');
+    await record({ event: 'egress.allowed', dest_ip: OTHER_IP, dest_port: 5223, rule: 'byname' });
+    expect(await raw(SERVER_IP, 5223)).toContain('CLOSED no-data');
+    await record({ event: 'egress.denied', dest_ip: SERVER_IP, dest_port: 5223, reason: 'ip_not_allowed' });
   });
 
   it("a connection to the gateway's own transparent port is a loop", async () => {
