@@ -10,10 +10,9 @@ import { Admission } from './inbound/admission.js';
 import { createForwardServer } from './inbound/forward.js';
 import { createHttpProxy } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
-import { createTransparentServer } from './inbound/transparent.js';
+import { createTransparentServer, transparentUnavailable } from './inbound/transparent.js';
 import type { Logger } from './log.js';
 import { fdLimit as readFdLimit } from './limits.js';
-import { nativeUnavailableReason } from './native/sockopt.js';
 import { SelfAddresses } from './net/self.js';
 import { RangeFeeds } from './ranges/feeds.js';
 import type { Tunnel } from './tunnel.js';
@@ -69,8 +68,8 @@ export class Gateway {
       }
       if (transparent) {
         // Without SO_ORIGINAL_DST every intercepted connection would be unjudgeable: refuse to start.
-        const why = nativeUnavailableReason();
-        if (why) throw new Error(`listen.transparent ${transparent.text}: needs the native addon to read each connection's original destination (SO_ORIGINAL_DST): ${why}`);
+        const why = transparentUnavailable(transparent);
+        if (why) throw new Error(why);
         await gw.listen('transparent', createTransparentServer(ctx, { name: 'transparent', handshakeTimeoutMs, nextId, admission }), transparent);
       }
       for (const f of forwards) {

@@ -1,7 +1,8 @@
 import net, { type Socket } from 'node:net';
 import { formatClient, type Attempt } from '../audit.js';
 import { destroySocket, openEgress, startTunnel, type EgressContext } from '../egress.js';
-import { originalDestination, SockoptError, type OriginalDestination } from '../native/sockopt.js';
+import type { ListenAddress } from '../config/schema.js';
+import { nativeUnavailableReason, originalDestination, SockoptError, type OriginalDestination } from '../native/sockopt.js';
 import { canonicalIp } from '../net/ip.js';
 import type { Target } from '../policy/hostport.js';
 import { auditRefusal, type Admission, type Refusal } from './admission.js';
@@ -31,6 +32,12 @@ export interface TransparentListenerOptions {
   admission?: Admission;
   /** Where a connection was going: SO_ORIGINAL_DST by default. */
   originalDestination?: (socket: Socket) => OriginalDestination;
+}
+
+/** Why a transparent listener at `at` cannot run here (no addon: no original destinations), or undefined. */
+export function transparentUnavailable(at: ListenAddress): string | undefined {
+  const why = nativeUnavailableReason();
+  return why && `listen.transparent ${at.text}: needs the native addon to read each connection's original destination (SO_ORIGINAL_DST): ${why}`;
 }
 
 export function createTransparentServer(ctx: () => EgressContext, opts: TransparentListenerOptions): net.Server {

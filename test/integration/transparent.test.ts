@@ -117,9 +117,11 @@ const fs = require('fs'), net = require('net'), tls = require('tls');
 const [key, cert] = process.argv.slice(1).map((f) => fs.readFileSync(f));
 const answer = (s) => { s.on('error', () => {}); s.once('data', () => s.end('HTTP/1.1 200 OK\\r\\nContent-Length: 9\\r\\nConnection: close\\r\\n\\r\\nserver-ok')); };
 let n = 0;
-const up = () => { if (++n === 4) console.log('READY'); };
+const up = () => { if (++n === 5) console.log('READY'); };
 tls.createServer({ key, cert }, answer).listen(443, '0.0.0.0', up);
 tls.createServer({ key, cert }, answer).listen(8443, '0.0.0.0', up);
+// A protocol whose server speaks first.
+net.createServer((s) => { s.on('error', () => {}); s.end('220 banner\\r\\n'); }).listen(2525, '0.0.0.0', up);
 for (const port of [5222, 5223]) net.createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => {}); s.pipe(s); }).listen(port, '0.0.0.0', up);
 `;
 
@@ -133,6 +135,39 @@ s.on('data', (d) => { got += d; if (got.includes('ping-through-gateway')) { cons
 s.on('error', (e) => console.log('ERROR ' + e.code));
 s.on('close', () => { console.log('CLOSED ' + (got ? 'with-data' : 'no-data')); process.exit(0); });
 setTimeout(() => { console.log('HUNG'); process.exit(0); }, 15000);
+`;
+
+// TLS whose ClientHello goes out in two segments 300 ms apart; prints the server's answer.
+const SPLIT = `
+const fs = require('fs'), net = require('net'), tls = require('tls'), { Duplex } = require('stream');
+const [host, ca] = process.argv.slice(1);
+const raw = net.connect({ host, port: 443, noDelay: true });
+let first = true;
+const d = new Duplex({
+  write(chunk, _enc, cb) {
+    if (!first) return raw.write(chunk, cb);
+    first = false;
+    raw.write(chunk.subarray(0, 7));
+    setTimeout(() => raw.write(chunk.subarray(7), cb), 300);
+  },
+  read() {},
+});
+raw.on('data', (c) => d.push(c)).on('end', () => d.push(null)).on('error', (e) => console.log('ERROR ' + e.code));
+const t = tls.connect({ socket: d, servername: 'allowed.test', ca: fs.readFileSync(ca) }, () => t.write('GET / HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n'));
+let got = '';
+t.on('data', (x) => (got += x)).on('error', (e) => console.log('TLSERROR ' + e.code));
+// The wrapped stream ends without a 'close' on the TLS socket: report at exit.
+process.on('exit', () => console.log('GOT ' + got.split('\\r\\n').pop()));
+`;
+
+// Connect, send nothing, print what the server says.
+const LISTEN = `
+const net = require('net');
+const [host, port] = process.argv.slice(1);
+const s = net.connect({ host, port: Number(port) });
+let got = '';
+s.on('data', (d) => (got += d)).on('error', (e) => console.log('ERROR ' + e.code));
+s.on('close', () => { console.log('GOT ' + got.trim()); process.exit(0); });
 `;
 
 let dir: string;
@@ -202,12 +237,13 @@ beforeAll(async () => {
           { name: 'tls', hosts: ['allowed.test'], ports: [443] },
           { name: 'chat', ip_ranges: [`${SERVER_IP}/32`], ports: [5222] },
           { name: 'strict', ip_ranges: [`${SERVER_IP}/32`], ports: [8443], require_sni: true },
+          { name: 'banner', ip_ranges: [`${SERVER_IP}/32`], ports: [2525] },
           { name: 'byname', hosts: ['chat.test'], match_dns: true, ports: [5223] },
         ],
         allow_ranges: ['10.233.2.0/24'],
       },
       dns: { hosts: { 'allowed.test': SERVER_IP, 'chat.test': OTHER_IP }, servers: ['127.0.0.1:9'] },
-      timeouts: { handshake: '5s' },
+      timeouts: { handshake: '2s' },
       audit: { file: auditFile },
     }),
   );
@@ -236,6 +272,20 @@ describe.skipIf(!!why)(`transparent gateway in network namespaces (REDIRECT by $
     const closed = await record({ event: 'egress.closed', id: allowed.id });
     expect(closed.bytes_up as number).toBeGreaterThan(200); // the ClientHello was forwarded, not swallowed
     expect(closed.bytes_down as number).toBeGreaterThan(0);
+  });
+
+  it('a ClientHello in two segments is read whole and forwarded intact (the handshake completes)', async () => {
+    const p = inNs(ns.client, [process.execPath, '-e', SPLIT, SERVER_IP, join(dir, 'cert.pem')]);
+    await p.waitFor(/^EXITED$/, 20_000);
+    expect(p.lines).toContain('GOT server-ok');
+    await record({ event: 'egress.allowed', dest_host: 'allowed.test', rule: 'tls' });
+  });
+
+  it('a protocol whose server speaks first is judged by address once timeouts.handshake passes', async () => {
+    const p = inNs(ns.client, [process.execPath, '-e', LISTEN, SERVER_IP, '2525']);
+    await p.waitFor(/^EXITED$/, 20_000);
+    expect(p.lines).toContain('GOT 220 banner');
+    await record({ event: 'egress.allowed', dest_port: 2525, rule: 'banner', dest_host: SERVER_IP });
   });
 
   it('TLS with a denied SNI is closed, and the record names the SNI and the address', async () => {
