@@ -121,8 +121,9 @@ class Sniffer {
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
   private readonly onEnd = () => {
     // Closed without a byte (a health check, a port scan): nothing was asked, no record.
-    if (this.length === 0) return this.stop(), void this.socket.destroy();
-    this.finish(parseClientHello(this.head()));
+    if (this.length > 0) return this.finish(parseClientHello(this.head()));
+    this.stop();
+    this.socket.destroy();
   };
   private readonly onClose = () => this.stop();
 
