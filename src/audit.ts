@@ -9,7 +9,7 @@ import { auditChannel } from './events.js';
  * answered; `flushSync` runs before exit so none is lost on SIGTERM/SIGINT.
  */
 
-export type Proto = 'connect' | 'http' | 'socks' | 'tcp';
+export type Proto = 'connect' | 'http' | 'socks' | 'tcp' | 'transparent';
 
 /** Who asked for what: the fields every record of one attempt shares. */
 export interface Attempt {

@@ -21,6 +21,8 @@ export interface DecisionContext {
   self: SelfAddresses;
   /** Resolve names no rule's `hosts` match, to test them against `ip_ranges`. */
   resolveUnlisted: boolean;
+  /** `policy.require_sni`: a TLS connection that names no server is refused (see decideAt). */
+  requireSni: boolean;
 }
 
 /** The decision inputs a validated configuration describes. */
@@ -32,6 +34,7 @@ export function decisionContext(config: Config, self: SelfAddresses): DecisionCo
     resolver: new Resolver({ hosts: config.dns.hosts, servers: config.dns.servers, timeoutMs: config.timeouts.dns }),
     self,
     resolveUnlisted: config.dns.resolve_unlisted,
+    requireSni: config.policy.require_sni,
   };
 }
 
@@ -87,12 +90,36 @@ export function newTrace(): DecisionTrace {
   return { rules: [], dns: 'none', addresses: [] };
 }
 
+export function decide(ctx: DecisionContext, target: Target, trace?: DecisionTrace): Promise<Decision> {
+  return judge(ctx, target, null, trace);
+}
+
+export interface DecideAtOptions {
+  /**
+   * The client spoke TLS but named no server (no SNI, or a ClientHello that
+   * cannot be read): an allow by address is refused (`sni_required`) where
+   * `policy.require_sni` or the allowing rule's `require_sni` says so.
+   */
+  nameless?: boolean;
+}
+
 /**
- * `connected`: the addresses the destination is already connected to (a
- * reload judging open tunnels again, see decideConnected); they stand in
- * for the DNS answer, so no query is made.
+ * Judge a target whose address is already fixed (the original destination
+ * of an intercepted connection), without any DNS query: `target` is the
+ * name the client claims (TLS SNI) or the address itself. The name is
+ * matched against `hosts` as in decide(); the address is the only one
+ * judged (ranges, special ranges, the loop check) and dialled.
  */
-export async function decide(ctx: DecisionContext, target: Target, trace?: DecisionTrace, connected?: readonly string[]): Promise<Decision> {
+export async function decideAt(ctx: DecisionContext, target: Target, address: string, opts: DecideAtOptions = {}, trace?: DecisionTrace): Promise<Decision> {
+  const d = await judge(ctx, target, [address], trace);
+  if (!opts.nameless || d.verdict !== 'allow' || d.wouldDeny) return d;
+  const rule = ctx.policy.rules.find((r) => r.name === d.rule);
+  if (!ctx.requireSni && !rule?.requireSni) return d;
+  return policyDenial(ctx, target, { reason: 'sni_required', rule: d.rule }, [address], undefined, trace);
+}
+
+/** decide() with `given` addresses (no DNS query) or null (resolve the name). */
+async function judge(ctx: DecisionContext, target: Target, given: readonly string[] | null, trace?: DecisionTrace): Promise<Decision> {
   const rules = ctx.policy.rulesFor(target.port);
   const isIp = target.family !== undefined;
   const notAllowed: Reason = isIp ? 'ip_not_allowed' : 'host_not_allowed';
@@ -106,14 +133,14 @@ export async function decide(ctx: DecisionContext, target: Target, trace?: Decis
 
   // Deny before any DNS query when no rule could still allow the destination
   // (or when names no rule lists may not cause queries: a DNS side channel).
-  if (rules.length === 0) return policyDenial(ctx, target, { reason: 'port_not_allowed' }, connected ?? null, undefined, trace);
+  if (rules.length === 0) return policyDenial(ctx, target, { reason: 'port_not_allowed' }, given, undefined, trace);
   if (!isIp && hostIndex < 0 && (!ctx.resolveUnlisted || !Policy.hasRanges(rules))) {
-    return policyDenial(ctx, target, { reason: notAllowed }, connected ?? null, undefined, trace);
+    return policyDenial(ctx, target, { reason: notAllowed }, given, undefined, trace);
   }
 
   let resolved: readonly string[];
-  if (connected) {
-    resolved = connected;
+  if (given) {
+    resolved = given;
   } else if (isIp) {
     resolved = [target.host];
   } else {
@@ -190,9 +217,9 @@ function traceDnsFailure(trace: DecisionTrace, err: EgressError): void {
   trace.dnsError = err.message;
 }
 
-/** Judge an open connection again: `target` as first asked for, `address` the one it is connected to. */
+/** Judge an open connection again (a reload): `target` as first asked for, `address` the one it is connected to. */
 export function decideConnected(ctx: DecisionContext, target: Target, address: string): Promise<Decision> {
-  return decide(ctx, target, undefined, [address]);
+  return judge(ctx, target, [address]);
 }
 
 /**

@@ -1,6 +1,6 @@
 import type { Socket } from 'node:net';
 import type { Attempt, Audit } from './audit.js';
-import { decide, type Decision, type DecisionContext } from './decide.js';
+import { decide, decideAt, type Decision, type DecisionContext } from './decide.js';
 import type { Logger } from './log.js';
 import { EgressError, type Reason } from './errors.js';
 import { dial } from './net/dial.js';
@@ -44,6 +44,14 @@ export interface OpenOptions {
    * decision record is written and nothing is dialled or kept.
    */
   cancelled?: () => boolean;
+  /** An address fixed by the network (an intercepted connection's original destination): judged and dialled, no DNS. */
+  at?: FixedAddress;
+}
+
+export interface FixedAddress {
+  address: string;
+  /** TLS that names no server (see DecideAtOptions). */
+  nameless?: boolean;
 }
 
 /** What a listener gets: an open upstream, or the reason it was refused. */
@@ -87,7 +95,7 @@ async function judge(ctx: EgressContext, attempt: Attempt, target: Target, opts:
     ctx.audit.denied(attempt, { reason: 'audit_unavailable', enforced: true });
     return { ok: false, reason: 'audit_unavailable' };
   }
-  const d = await decide(ctx, target);
+  const d = opts.at ? await decideAt(ctx, target, opts.at.address, { nameless: opts.at.nameless }) : await decide(ctx, target);
   if (ctx.log?.isLevelEnabled('debug')) {
     ctx.log.debug({ id: attempt.id, dest: `${target.host}:${target.port}`, verdict: d.verdict, rule: d.rule, addresses: d.addresses }, 'decision');
   }

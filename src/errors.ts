@@ -10,6 +10,8 @@ export const REASONS = {
   ip_not_allowed: 403,
   special_range: 403,
   loop: 403,
+  /** A TLS connection that names no server (SNI) where `require_sni` asks for one (transparent listener). */
+  sni_required: 403,
   // The client's fault.
   bad_request: 400,
   handshake_timeout: 408,
@@ -36,6 +38,7 @@ export const POLICY_REASONS: ReadonlySet<Reason> = new Set([
   'port_not_allowed',
   'ip_not_allowed',
   'special_range',
+  'sni_required',
 ]);
 
 export function httpStatus(reason: Reason): number {

@@ -10,6 +10,7 @@ import { Admission } from './inbound/admission.js';
 import { createForwardServer, type ForwardListenerOptions } from './inbound/forward.js';
 import { createHttpProxy } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
+import { createTransparentServer, transparentUnavailable } from './inbound/transparent.js';
 import type { Logger } from './log.js';
 import { fdLimit as readFdLimit } from './limits.js';
 import { SelfAddresses } from './net/self.js';
@@ -25,7 +26,7 @@ import type { Tunnel } from './tunnel.js';
  * `stopAccepting` and `close`.
  */
 
-type Kind = 'proxy' | 'socks' | 'forward';
+type Kind = 'proxy' | 'socks' | 'transparent' | 'forward';
 
 /** A listener as the configuration names it. */
 interface ListenerSpec {
@@ -193,6 +194,12 @@ export class Gateway {
     };
     if (spec.kind === 'proxy') return { ...spec, server: createHttpProxy(ctx, common) };
     if (spec.kind === 'socks') return { ...spec, server: createSocksServer(ctx, common) };
+    if (spec.kind === 'transparent') {
+      // Without SO_ORIGINAL_DST every intercepted connection would be unjudgeable: refuse to start.
+      const why = transparentUnavailable(spec.at);
+      if (why) throw new Error(why);
+      return { ...spec, server: createTransparentServer(ctx, common) };
+    }
     const forward: ForwardListenerOptions = { name: spec.name, to: spec.to!, nextId, admission };
     return { ...spec, server: createForwardServer(ctx, forward), forward };
   }
@@ -261,7 +268,7 @@ export class Gateway {
       if (connectionChannel.hasSubscribers) connectionChannel.publish(opened);
     });
     server.on('drop', (d?: { remoteAddress?: string; remotePort?: number }) => {
-      const proto = name === 'proxy' ? 'http' : name === 'socks' ? 'socks' : 'tcp';
+      const proto = name === 'proxy' ? 'http' : name === 'socks' ? 'socks' : name === 'transparent' ? 'transparent' : 'tcp';
       this.audit.denied(
         { id: this.nextId(), client: formatClient(d?.remoteAddress, d?.remotePort), listener: name, proto },
         { reason: 'over_capacity', enforced: true, error: `${this.sockets.size} client connections: the descriptor budget is used up` },
@@ -404,10 +411,11 @@ export class Gateway {
 }
 
 function listenerSpecs(config: Config): ListenerSpec[] {
-  const { proxy, socks, forwards } = config.listen;
+  const { proxy, socks, transparent, forwards } = config.listen;
   const specs: ListenerSpec[] = [];
   if (proxy) specs.push({ name: 'proxy', kind: 'proxy', at: proxy });
   if (socks) specs.push({ name: 'socks', kind: 'socks', at: socks });
+  if (transparent) specs.push({ name: 'transparent', kind: 'transparent', at: transparent });
   for (const f of forwards) specs.push({ name: f.name, kind: 'forward', at: f.listen, to: f.to });
   return specs;
 }

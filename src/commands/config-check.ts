@@ -3,6 +3,7 @@ import { loadConfigSource, summarize, type ConfigSource } from '../config/load.j
 import { keepAliveSettings } from '../config/schema.js';
 import { BIND_NOTE, notes, startProblems, warnings } from '../config/preflight.js';
 import { ConfigError, formatIssue, type ConfigIssue } from '../errors.js';
+import { transparentUnavailable } from '../inbound/transparent.js';
 import { keepAliveWarning } from '../net/keepalive.js';
 import { fetchSources } from '../ranges/check.js';
 import { fail, type Command } from './command.js';
@@ -66,6 +67,9 @@ async function run(args: string[]): Promise<void> {
   process.stdout.write(`${lines.join('\n')}\n`);
   const warning = keepAliveWarning(keepAliveSettings(loaded.config));
   if (warning) process.stderr.write(`warning: ${warning}\n`);
+  // The addon is this host's: a config checked elsewhere may still serve where it is built.
+  const transparent = loaded.config.listen.transparent && transparentUnavailable(loaded.config.listen.transparent);
+  if (transparent) process.stderr.write(`warning: ${transparent}; serve does not start on this host\n`);
 }
 
 export const configCheck: Command = {

@@ -120,6 +120,7 @@ export function summarize(c: Config): string {
     [
       c.listen.proxy && `proxy ${c.listen.proxy.text}`,
       c.listen.socks && `socks ${c.listen.socks.text}`,
+      c.listen.transparent && `transparent ${c.listen.transparent.text}`,
       ...c.listen.forwards.map((f) => `${f.name} ${f.listen.text}`),
       c.listen.admin && `admin ${c.listen.admin.text}`,
     ]

@@ -200,19 +200,26 @@ const forward = z.strictObject({
   to: forwardTarget,
 });
 
-type Listeners = { proxy?: ListenAddress; socks?: ListenAddress; admin?: ListenAddress; forwards: { name: string; listen: ListenAddress }[] };
+type Listeners = {
+  proxy?: ListenAddress;
+  socks?: ListenAddress;
+  transparent?: ListenAddress;
+  admin?: ListenAddress;
+  forwards: { name: string; listen: ListenAddress }[];
+};
 
 /** At least one listener; no two on the same address; unique listener names. */
 function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
   const all: { path: (string | number)[]; name: string; at: ListenAddress }[] = [];
   if (l.proxy) all.push({ path: ['proxy'], name: 'proxy', at: l.proxy });
   if (l.socks) all.push({ path: ['socks'], name: 'socks', at: l.socks });
+  if (l.transparent) all.push({ path: ['transparent'], name: 'transparent', at: l.transparent });
   l.forwards.forEach((f, i) => all.push({ path: ['forwards', i, 'listen'], name: f.name, at: f.listen }));
   const proxying = all.length;
   // The admin listener never proxies: it does not count as one, but may not share an address.
   if (l.admin) all.push({ path: ['admin'], name: 'admin', at: l.admin });
   if (proxying === 0) {
-    ctx.addIssue({ code: 'custom', message: 'at least one listener is needed (listen.proxy, listen.socks or listen.forwards)' });
+    ctx.addIssue({ code: 'custom', message: 'at least one listener is needed (listen.proxy, listen.socks, listen.transparent or listen.forwards)' });
   }
   const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
   all.forEach((a, i) => {
@@ -222,7 +229,7 @@ function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
       }
     }
   });
-  const names = new Set(['proxy', 'socks', 'admin']);
+  const names = new Set(['proxy', 'socks', 'transparent', 'admin']);
   l.forwards.forEach((f, i) => {
     if (names.has(f.name)) ctx.addIssue({ code: 'custom', path: ['forwards', i, 'name'], message: `duplicate listener name "${f.name}"` });
     names.add(f.name);
@@ -277,15 +284,29 @@ export function configSchema(baseDir: string) {
       ports: z
         .array(port, { error: (i) => (i.input === undefined ? 'a rule needs ports' : undefined) })
         .min(1, 'a rule needs at least one port'),
+      require_sni: z.boolean().default(false),
+      match_dns: z.boolean().default(false),
     })
     .refine((r) => r.hosts.length > 0 || r.ip_ranges.length > 0, {
       message: 'a rule needs hosts and/or ip_ranges',
+    })
+    .refine((r) => !r.match_dns || r.hosts.some((p) => p.kind === 'exact'), {
+      path: ['match_dns'],
+      message: 'match_dns follows the addresses of the rule\'s plain hostnames, and this rule has none (patterns have no addresses)',
     })
     .transform(
       (r): Rule & { patterns: number; cidrs: number; fixed: Cidr[]; sources: RangeSource[]; source: RuleSource } => {
         const fixed = r.ip_ranges.filter((e): e is Cidr[] => Array.isArray(e)).flat();
         const sources = r.ip_ranges.filter((e): e is RangeSource => !Array.isArray(e));
+        // match_dns: each plain name's current addresses, kept as a dns: entry is (ranges/feeds.ts).
+        if (r.match_dns) {
+          for (const p of r.hosts) {
+            if (p.kind !== 'exact' || sources.some((s) => s.kind === 'dns' && s.host === p.name)) continue;
+            sources.push({ kind: 'dns', text: `dns:${p.name}`, host: p.name! });
+          }
+        }
         return {
+          requireSni: r.require_sni,
           name: r.name,
           ports: new Set(r.ports),
           hosts: r.hosts.length ? new HostMatcher(r.hosts) : null,
@@ -332,6 +353,7 @@ export function configSchema(baseDir: string) {
       .strictObject({
         proxy: listenAddress.optional(),
         socks: listenAddress.optional(),
+        transparent: listenAddress.optional(),
         admin: listenAddress.optional(),
         forwards: z.array(forward).default([]),
       })
@@ -349,6 +371,7 @@ export function configSchema(baseDir: string) {
           });
         }),
       allow_ranges: z.array(cidr).default([]).transform((c) => new CidrSet(c)),
+      require_sni: z.boolean().default(false),
     }),
     dns: z
       .strictObject({

@@ -55,7 +55,7 @@ const CLOSE_REASONS: ReadonlySet<string> = new Set([
   'client_timeout',
 ]);
 const DECISIONS: Record<string, string> = { 'egress.allowed': 'allowed', 'egress.denied': 'denied', 'egress.failed': 'failed' };
-const TUNNEL_PROTOS: ReadonlySet<string> = new Set(['connect', 'socks', 'tcp']);
+const TUNNEL_PROTOS: ReadonlySet<string> = new Set(['connect', 'socks', 'tcp', 'transparent']);
 
 /** Seconds: a DNS query or a dial (loopback to a slow far resolver). */
 const LATENCY_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10];
@@ -75,6 +75,7 @@ function names(config: Config): Names {
     const listeners = new Set<string>(l.forwards.map((f) => f.name));
     if (l.proxy) listeners.add('proxy');
     if (l.socks) listeners.add('socks');
+    if (l.transparent) listeners.add('transparent');
     n = { listeners, rules: new Set(config.policy.rules.map((r) => r.name)) };
     namesOf.set(config, n);
   }

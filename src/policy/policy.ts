@@ -14,6 +14,8 @@ export interface Rule {
   hosts: HostMatcher | null;
   /** Replaced whole (one assignment) when a `url:`/`dns:` entry changes: see ranges/feeds.ts. */
   ranges: CidrSet | null;
+  /** `require_sni`: a TLS connection naming no server is not allowed by this rule's ranges (decideAt). */
+  requireSni?: boolean;
 }
 
 export class Policy {
