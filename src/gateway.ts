@@ -15,6 +15,7 @@ import { fdLimit as readFdLimit } from './limits.js';
 import { SelfAddresses } from './net/self.js';
 import { RangeFeeds } from './ranges/feeds.js';
 import type { Tunnel } from './tunnel.js';
+import { RouteTable } from './upstream/routes.js';
 
 /**
  * Wires a validated configuration into running listeners. Listeners read the
@@ -86,6 +87,7 @@ export class Gateway {
       tunnels: this.tunnels,
       stopped: false,
       inflight: 0,
+      routes: RouteTable.from(config),
     };
   }
 
