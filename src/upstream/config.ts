@@ -29,24 +29,22 @@ export const DIRECT = 'direct';
 
 const SCHEMES: Record<string, UpstreamKind> = { 'http:': 'http', 'socks5:': 'socks5', 'socks5h:': 'socks5h' };
 
-/** A URL's text with its password masked (a username alone is kept: it is not a secret). */
-export function redactUrl(text: string): string {
-  return text.replace(/^([a-z][a-z0-9+.-]*:\/\/[^/@:]*):[^/@]*@/i, '$1:***@');
-}
-
 /** Parse an upstream URL; the Error's message never contains the password. */
 export function parseUpstreamUrl(name: string, text: string): Upstream {
-  const display = redactUrl(text);
   let url: URL;
   try {
     url = new URL(text);
   } catch {
-    throw new Error(`not a URL: ${JSON.stringify(display)}`);
+    // The text is not shown: what is there may be a password.
+    throw new Error('not a URL: expected scheme://[user:password@]host:port');
   }
+  // WHATWG URLs drop a scheme's default port (http's 80): an explicit :80 is still a port.
+  const port = url.port ? Number(url.port) : url.protocol === 'http:' && /:80\/?$/.test(text) ? 80 : 0;
+  const display = `${url.protocol}//${url.username ? `${url.username}${url.password ? ':***' : ''}@` : ''}${url.hostname}${port ? `:${port}` : ''}`;
   const kind = SCHEMES[url.protocol];
   if (!kind) throw new Error(`${display}: the scheme must be http://, socks5:// or socks5h://`);
   if (!url.hostname) throw new Error(`${display}: no host`);
-  if (!url.port) throw new Error(`${display}: the port is required (e.g. :3128 or :1080)`);
+  if (!port) throw new Error(`${display}: the port is required (e.g. :3128 or :1080)`);
   if ((url.pathname !== '' && url.pathname !== '/') || url.search || url.hash) throw new Error(`${display}: a parent URL has no path, query or fragment`);
   let host: string;
   try {
@@ -64,8 +62,9 @@ export function parseUpstreamUrl(name: string, text: string): Upstream {
   const username = url.username ? decode(url.username) : undefined;
   const password = url.password ? decode(url.password) : undefined;
   if (password !== undefined && username === undefined) throw new Error(`${display}: a password needs a user name`);
-  if (kind !== 'http' && (username?.length ?? 0) > 255) throw new Error(`${display}: SOCKS5 user names are at most 255 bytes`);
-  return { name, kind, host, port: Number(url.port), username, password, display };
+  const long = (v?: string) => Buffer.byteLength(v ?? '') > 255;
+  if (kind !== 'http' && (long(username) || long(password))) throw new Error(`${display}: SOCKS5 user names and passwords are at most 255 bytes (RFC 1929)`);
+  return { name, kind, host, port, username, password, display };
 }
 
 /** `upstreams:`; `duration` is the config's duration parser (schema.ts), so units read alike everywhere. */
@@ -75,17 +74,17 @@ export const upstreamsSchema = (duration: z.ZodType<number, unknown>) => {
     connect_timeout: duration.optional(),
   });
   return z.record(z.string(), upstream).transform((rec, ctx) => {
-  const out = new Map<string, Upstream>();
-  for (const [name, u] of Object.entries(rec)) {
-    if (!/^[A-Za-z0-9_.-]+$/.test(name)) ctx.addIssue({ code: 'custom', path: [name], message: 'names are letters, digits, "_", "-" and "."' });
-    else if (name === DIRECT) ctx.addIssue({ code: 'custom', path: [name], message: `"${DIRECT}" is reserved: it means no parent` });
-    try {
-      out.set(name, { ...parseUpstreamUrl(name, u.url), connectTimeoutMs: u.connect_timeout });
-    } catch (err) {
-      ctx.addIssue({ code: 'custom', path: [name, 'url'], message: (err as Error).message });
+    const out = new Map<string, Upstream>();
+    for (const [name, u] of Object.entries(rec)) {
+      if (!/^[A-Za-z0-9_.-]+$/.test(name)) ctx.addIssue({ code: 'custom', path: [name], message: 'names are letters, digits, "_", "-" and "."' });
+      else if (name === DIRECT) ctx.addIssue({ code: 'custom', path: [name], message: `"${DIRECT}" is reserved: it means no parent` });
+      try {
+        out.set(name, { ...parseUpstreamUrl(name, u.url), connectTimeoutMs: u.connect_timeout });
+      } catch (err) {
+        ctx.addIssue({ code: 'custom', path: [name, 'url'], message: (err as Error).message });
+      }
     }
-  }
-  return out;
+    return out;
   });
 };
 

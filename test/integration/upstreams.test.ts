@@ -326,12 +326,16 @@ describe('config check', () => {
 
 // ---------------------------------------------------------------- third-party parents
 
-function onPath(cmd: string): boolean {
-  return spawnSync('sh', ['-c', `command -v ${cmd}`]).status === 0;
+/** The daemon's path (PATH, or /usr/sbin where a non-root PATH lacks it), or undefined. */
+function daemon(cmd: string): string | undefined {
+  const r = spawnSync('sh', ['-c', `command -v ${cmd} || command -v /usr/sbin/${cmd}`], { encoding: 'utf8' });
+  return r.status === 0 ? r.stdout.trim() : undefined;
 }
 
-const hasSquid = onPath('squid');
-const hasTinyproxy = onPath('tinyproxy');
+const squidBin = daemon('squid');
+const tinyproxyBin = daemon('tinyproxy');
+const hasSquid = squidBin !== undefined;
+const hasTinyproxy = tinyproxyBin !== undefined;
 if (!hasSquid) console.warn('squid is not installed: skipping the squid parent tests');
 if (!hasTinyproxy) console.warn('tinyproxy is not installed: skipping the tinyproxy parent tests');
 
@@ -429,7 +433,7 @@ describe('third-party parents', () => {
           'shutdown_lifetime 0 seconds',
         ].join('\n'),
       );
-      return { cmd: 'squid', args: ['-N', '-f', join(dir, 'squid.conf')] };
+      return { cmd: squidBin!, args: ['-N', '-f', join(dir, 'squid.conf')] };
     });
     await throughParent(port, false);
   }, 60000);
@@ -440,7 +444,7 @@ describe('third-party parents', () => {
         join(dir, 'tinyproxy.conf'),
         [`Port ${p}`, 'Listen 127.0.0.1', 'Timeout 60', 'Allow 127.0.0.1', `LogFile "${join(dir, 'tinyproxy.log')}"`, `PidFile "${join(dir, 'tinyproxy.pid')}"`, 'MaxClients 20'].join('\n'),
       );
-      return { cmd: 'tinyproxy', args: ['-d', '-c', join(dir, 'tinyproxy.conf')] };
+      return { cmd: tinyproxyBin!, args: ['-d', '-c', join(dir, 'tinyproxy.conf')] };
     });
     await throughParent(port, true);
   }, 60000);
