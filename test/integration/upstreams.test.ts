@@ -172,6 +172,32 @@ describe('through a wa-egress HTTP parent', () => {
     expect(records(gw, 'egress.closed').every((c) => c.via === 'corp')).toBe(true);
   });
 
+  it('a forward listener\'s connections go through the parent too', async () => {
+    const parent = await parentGateway();
+    const gw = await gateway({
+      listen: { proxy: '127.0.0.1:0', forwards: [{ name: 'fwd', listen: '127.0.0.1:0', to: `origin.test:${echo.port}` }] },
+      upstreams: { corp: { url: `http://127.0.0.1:${parent.port}` } },
+      default_route: 'corp',
+    });
+    const client = await RawClient.connect(gw.gw.address('fwd').port);
+    client.write('ping');
+    expect((await client.bytes(4)).toString()).toBe('ping');
+    client.destroy();
+    expect(records(gw, 'egress.allowed')).toMatchObject([{ proto: 'tcp', via: 'corp' }]);
+    expect(records(parent, 'egress.allowed')).toMatchObject([{ proto: 'connect', dest_host: 'origin.test' }]);
+  });
+
+  it('a parent\'s own denial is upstream_failed, with its status and reason in the record', async () => {
+    const parent = await startGateway({ ...base(), policy: { rules: [{ name: 'other', hosts: ['other.test'], ports: [echo.port] }] } });
+    cleanup.push(() => parent.close());
+    const gw = await gateway({ upstreams: { corp: { url: `http://127.0.0.1:${parent.port}` } }, default_route: 'corp' });
+    const { status, headers } = await connectVia(gw.port, `origin.test:${echo.port}`);
+    expect([status, headers['x-wa-egress-reason']]).toEqual([502, 'upstream_failed']);
+    const [failed] = records(gw, 'egress.failed');
+    expect(failed).toMatchObject({ reason: 'upstream_failed', via: 'corp' });
+    expect(String(failed!.error)).toContain('the parent answered 403 Forbidden (host_not_allowed)');
+  });
+
   it('resolve: local sends the checked address; other destinations follow default_route', async () => {
     const parent = await parentGateway();
     const gw = await gateway({
