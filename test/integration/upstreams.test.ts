@@ -293,10 +293,9 @@ describe('parent failures', () => {
     // Absolute form: the request line keeps the URL the policy judged.
     expect(p.heads[1]).toMatch(new RegExp(`^GET http://origin.test:${originPort}/p HTTP/1.1`));
     expect(p.heads[1]).toContain(basic);
-    expect(records(gw, 'egress.failed').map((f) => [f.proto, f.reason, f.via])).toEqual([
-      ['connect', 'upstream_auth', 'corp'],
-      ['http', 'upstream_auth', 'corp'],
-    ]);
+    expect(records(gw, 'egress.failed').map((f) => [f.proto, f.reason, f.via])).toEqual([['connect', 'upstream_auth', 'corp']]);
+    // The forwarded request was sent (allowed); the parent's 407 ends it, with the reason on its close record.
+    expect(records(gw, 'egress.closed')).toMatchObject([{ proto: 'http', reason: 'upstream_auth', via: 'corp', status: 502 }]);
   });
 
   it('fails over to the next parent of a via list; bytes the parent sent after its 200 reach the client first', async () => {
