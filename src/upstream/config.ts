@@ -15,6 +15,8 @@ export interface Upstream {
   kind: UpstreamKind;
   /** Canonical name or IP (IPv6 without brackets). */
   host: string;
+  /** Set when `host` is an IP literal (no lookup needed). */
+  family?: 4 | 6;
   port: number;
   username?: string;
   password?: string;
@@ -47,8 +49,9 @@ export function parseUpstreamUrl(name: string, text: string): Upstream {
   if (!port) throw new Error(`${display}: the port is required (e.g. :3128 or :1080)`);
   if ((url.pathname !== '' && url.pathname !== '/') || url.search || url.hash) throw new Error(`${display}: a parent URL has no path, query or fragment`);
   let host: string;
+  let family: 4 | 6 | undefined;
   try {
-    host = normalizeHost(url.hostname).host;
+    ({ host, family } = normalizeHost(url.hostname));
   } catch (err) {
     throw new Error(`${display}: ${(err as Error).message}`);
   }
@@ -64,7 +67,7 @@ export function parseUpstreamUrl(name: string, text: string): Upstream {
   if (password !== undefined && username === undefined) throw new Error(`${display}: a password needs a user name`);
   const long = (v?: string) => Buffer.byteLength(v ?? '') > 255;
   if (kind !== 'http' && (long(username) || long(password))) throw new Error(`${display}: SOCKS5 user names and passwords are at most 255 bytes (RFC 1929)`);
-  return { name, kind, host, port, username, password, display };
+  return { name, kind, host, family, port, username, password, display };
 }
 
 /** `upstreams:`; `duration` is the config's duration parser (schema.ts), so units read alike everywhere. */

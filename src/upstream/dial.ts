@@ -86,7 +86,7 @@ function basic(up: Upstream): string {
 async function connectParent(up: Upstream, label: string, timeoutMs: number, opts: RouteDialOptions): Promise<Socket> {
   let ips: readonly string[];
   try {
-    ips = up.host.includes(':') || /^[\d.]+$/.test(up.host) ? [up.host] : await opts.resolver.resolve(up.host);
+    ips = up.family !== undefined ? [up.host] : await opts.resolver.resolve(up.host);
   } catch (err) {
     throw new EgressError('upstream_failed', `${label}: cannot resolve the parent: ${(err as Error).message}`);
   }
