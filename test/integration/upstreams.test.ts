@@ -9,7 +9,7 @@ import { SocksClient } from 'socks';
 import { stringify } from 'yaml';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { startSocksParent } from '../fixtures/socks5-server.js';
-import { connectVia, eventually, freePort, RawClient, startGateway, startTcpServer, type AuditRecord, type TestGateway, type TestServer } from '../helpers.js';
+import { connectVia, eventually, RawClient, startClosedPort, startGateway, startTcpServer, type AuditRecord, type TestGateway, type TestServer } from '../helpers.js';
 
 /**
  * Upstream parents: chaining through real parents (a second wa-egress, a
@@ -252,7 +252,9 @@ describe('through a SOCKS5 parent', () => {
 
 describe('parent failures', () => {
   it('a parent down is 502 upstream_failed, for CONNECT, absolute-form and SOCKS clients', async () => {
-    const down = await freePort();
+    const closed = await startClosedPort();
+    cleanup.push(() => closed.close());
+    const down = closed.port;
     const gw = await gateway({ upstreams: { down: { url: `http://u:${PASSWORD}@127.0.0.1:${down}` } }, default_route: 'down' });
     const { client, status, headers } = await connectVia(gw.port, `origin.test:${echo.port}`);
     expect([status, headers['x-wa-egress-reason']]).toEqual([502, 'upstream_failed']);
@@ -299,7 +301,9 @@ describe('parent failures', () => {
   });
 
   it('fails over to the next parent of a via list; bytes the parent sent after its 200 reach the client first', async () => {
-    const down = await freePort();
+    const closed = await startClosedPort();
+    cleanup.push(() => closed.close());
+    const down = closed.port;
     const p = await scriptedParent('tunnel');
     const gw = await gateway({
       upstreams: { first: { url: `http://127.0.0.1:${down}` }, second: { url: `http://127.0.0.1:${p.port}` } },
@@ -365,14 +369,28 @@ if (!hasSquid) console.warn('squid is not installed: skipping the squid parent t
 if (!hasTinyproxy) console.warn('tinyproxy is not installed: skipping the tinyproxy parent tests');
 
 /**
- * Start a daemon that binds its own port: the one place a port is picked by
- * binding port 0 and closing, then handed over (retried when taken meanwhile).
+ * A port for a daemon that binds its own: below the kernel's ephemeral range,
+ * where no port-0 bind of a parallel test lands; taken ones are retried.
  */
+function daemonPort(): number {
+  let lo = 49152;
+  try {
+    lo = Number(readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0]) || lo;
+  } catch {
+    // Not Linux: the IANA ephemeral range.
+  }
+  const base = Math.max(1024, Math.min(lo, 32768) - 12_000);
+  return base + Math.floor(Math.random() * 10_000);
+}
+
+/** Start a daemon that binds its own port (retried on another port when that one is taken). */
 async function startDaemon(make: (port: number, dir: string) => { cmd: string; args: string[] }): Promise<number> {
   for (let tries = 0; tries < 5; tries++) {
     const dir = mkdtempSync(join(tmpdir(), 'wa-egress-parent-'));
     chmodSync(dir, 0o777);
-    const port = await freePort();
+    const port = daemonPort();
+    // Somebody else's listener there would pass for the daemon.
+    if (await probe(port)) continue;
     const { cmd, args } = make(port, dir);
     let log = '';
     const child: ChildProcess = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
