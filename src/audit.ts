@@ -22,6 +22,8 @@ export interface Attempt {
   method?: string;
   /** For HTTP: the request's number on its client connection. */
   request?: number;
+  /** The upstream parent (its key in `upstreams:`) the connection goes through. */
+  via?: string;
 }
 
 /** `ip:port`, IPv6 as `[ip]:port`: how records name an endpoint. */

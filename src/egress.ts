@@ -7,6 +7,8 @@ import { dial } from './net/dial.js';
 import type { KeepAlive } from './net/keepalive.js';
 import type { Target } from './policy/hostport.js';
 import { Tunnel } from './tunnel.js';
+import { dialRoute, type RouteDialled } from './upstream/dial.js';
+import type { RouteTable } from './upstream/routes.js';
 
 /**
  * Open an egress connection for any listener: decide, audit, dial the checked
@@ -27,6 +29,8 @@ export interface EgressContext extends DecisionContext {
   stopped: boolean;
   /** Attempts between decision and dial result; shutdown waits for them. */
   inflight: number;
+  /** `routes:` / `default_route:`: which parent, if any, an allowed destination leaves through (absent: direct). */
+  routes?: RouteTable;
 }
 
 export interface EgressOpen {
@@ -35,6 +39,10 @@ export interface EgressOpen {
   /** The checked address the upstream is connected to. */
   destIp: string;
   rule?: string;
+  /** The upstream (its key) the connection goes through. */
+  via?: string;
+  /** A plain connection to an HTTP parent: the request goes in absolute form with these headers (upstream/forward.ts). */
+  parentForward?: { headers: string[] };
 }
 
 export interface OpenOptions {
@@ -46,6 +54,8 @@ export interface OpenOptions {
   cancelled?: () => boolean;
   /** An address fixed by the network (an intercepted connection's original destination): judged and dialled, no DNS. */
   at?: FixedAddress;
+  /** An absolute-form HTTP request (an HTTP parent may take it without CONNECT). */
+  forward?: boolean;
 }
 
 export interface FixedAddress {
@@ -116,20 +126,34 @@ async function judge(ctx: EgressContext, attempt: Attempt, target: Target, opts:
 
 async function dialChecked(ctx: EgressContext, attempt: Attempt, target: Target, d: Allow, opts: OpenOptions): Promise<EgressResult> {
   try {
-    const { socket, address } = await dial(d.addresses, target.port, { timeoutMs: ctx.connectTimeoutMs, keepAlive: ctx.keepAlive });
+    const { socket, address, via, parentForward } = await dialAlong(ctx, attempt, target, d.addresses, opts);
     if (opts.cancelled?.()) {
       // Refused while dialling: the origin got a connection and no byte.
       socket.destroy();
       return CANCELLED;
     }
     ctx.audit.allowed(attempt, { rule: d.rule, dest_ip: address });
-    return { ok: true, upstream: socket, destIp: address, rule: d.rule };
+    return { ok: true, upstream: socket, destIp: address, rule: d.rule, via, parentForward };
   } catch (err) {
     if (!(err instanceof EgressError)) throw err;
     if (opts.cancelled?.()) return CANCELLED;
     ctx.audit.failed(attempt, { reason: err.reason, rule: d.rule, dest_ip: d.addresses.at(-1), error: err.message });
     return { ok: false, reason: err.reason, message: err.message };
   }
+}
+
+/**
+ * The route is chosen only now that the policy has allowed the destination.
+ * Through a parent, the attempt names it (`via`) in this and every later record.
+ */
+function dialAlong(ctx: EgressContext, attempt: Attempt, target: Target, addresses: readonly string[], opts: OpenOptions): Promise<RouteDialled> {
+  const dialOpts = { timeoutMs: ctx.connectTimeoutMs, keepAlive: ctx.keepAlive };
+  if (!ctx.routes || ctx.routes.direct) return dial(addresses, target.port, dialOpts);
+  const onHop = (via: string | undefined) => {
+    if (via === undefined) delete attempt.via;
+    else attempt.via = via;
+  };
+  return dialRoute(ctx.routes.choose(target), target, addresses, { ...dialOpts, resolver: ctx.resolver, forward: opts.forward ?? false, onHop });
 }
 
 /** Join client and upstream; the tunnel is tracked in `ctx.tunnels` and audits its own close. */

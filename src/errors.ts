@@ -25,6 +25,12 @@ export const REASONS = {
   connect_timeout: 504,
   /** The origin closed without a response, or sent one that cannot be relayed safely. */
   upstream_bad_response: 502,
+  /** A parent proxy (`upstreams:`) refused, reset, or answered anything but success (407 aside). */
+  upstream_failed: 502,
+  /** A parent proxy did not connect or answer within its connect timeout. */
+  upstream_timeout: 504,
+  /** A parent proxy refused the gateway's credentials (HTTP 407, SOCKS5 authentication). */
+  upstream_auth: 502,
   // The gateway's own state.
   audit_unavailable: 503,
   over_capacity: 503,

@@ -17,6 +17,7 @@ import { SelfAddresses } from './net/self.js';
 import type { Target } from './policy/hostport.js';
 import { RangeFeeds } from './ranges/feeds.js';
 import type { Tunnel } from './tunnel.js';
+import { RouteTable } from './upstream/routes.js';
 
 /**
  * Wires a validated configuration into running listeners. Listeners read the
@@ -167,6 +168,7 @@ export class Gateway {
       set inflight(n: number) {
         gw.inflight = n;
       },
+      routes: RouteTable.from(config),
     };
   }
 

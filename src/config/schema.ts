@@ -8,6 +8,7 @@ import { compilePattern, HostMatcher, type CompiledPattern } from '../policy/pat
 import type { Rule } from '../policy/policy.js';
 import { BUILTIN_RANGES, loadRangeFile } from './ranges.js';
 import { parseDnsSource, parseUrlSource, type RangeSource } from '../ranges/source.js';
+import { checkRouteNames, defaultRouteSchema, routesSchema, upstreamsSchema } from '../upstream/config.js';
 
 /**
  * The one configuration schema. Unknown keys are rejected everywhere; values
@@ -409,7 +410,11 @@ export function configSchema(baseDir: string) {
       .strictObject({ file: z.string().min(1).default('-'), on_error: z.enum(['deny', 'continue']).default('deny') })
       .prefault({})
       .transform((a) => ({ ...a, file: a.file === '-' || isAbsolute(a.file) ? a.file : resolve(baseDir, a.file) })),
-  });
+    // Parent proxies (src/upstream/): which destinations leave through which parent.
+    upstreams: upstreamsSchema(duration(1)).prefault({}),
+    routes: routesSchema,
+    default_route: defaultRouteSchema,
+  }).superRefine(checkRouteNames);
 }
 
 /** How `url:` and `dns:` range entries are kept current (src/ranges/feeds.ts). */

@@ -9,6 +9,7 @@ import { answer, closeWith, guessTarget, rawResponse, readRequestLine } from './
 import { readConnectHead } from './connect-head.js';
 import { MAX_HEADER_FIELDS, forwardRequestHeaders, forwardResponseHeaders, headProblem, maxForwards, traceBody } from './headers.js';
 import { handleUpgrade } from './upgrade.js';
+import { parentRefusal, upstreamRequest } from '../upstream/forward.js';
 
 /**
  * The HTTP proxy listener: CONNECT tunnels and absolute-form HTTP requests.
@@ -395,7 +396,7 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
   if (hops === 'answer') return answerLocally(ctx, ex, url.target, bodyTimeoutMs);
   if (hops) headers = hops;
 
-  const result = await openEgress(ctx, attempt, url.target, { cancelled: () => cancelled(ex) });
+  const result = await openEgress(ctx, attempt, url.target, { cancelled: () => cancelled(ex), forward: true });
   if (!result.ok && result.cancelled) return;
   ex.decided = true;
   if (!result.ok) {
@@ -462,15 +463,23 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
   // as the next request. Node re-chunks what the parser de-chunked.
   const te = req.headers['transfer-encoding'];
   if (te !== undefined) headers.push('Transfer-Encoding', te);
+  const line = upstreamRequest(result, url);
+  headers.push(...line.headers);
   const upReq = http.request({
     method: req.method,
-    path: url.path,
+    path: line.path,
     headers,
     setHost: false,
     createConnection: () => upstream,
   });
   upReq.on('response', (upRes) => {
     status = upRes.statusCode ?? 502;
+    const refused = parentRefusal(result, status);
+    if (refused) {
+      upRes.resume();
+      reply(ex, refused.reason, refused.error, true);
+      return finish('upstream_error', refused);
+    }
     try {
       res.writeHead(status, upRes.statusMessage, forwardResponseHeaders(upRes.rawHeaders));
     } catch (err) {

@@ -55,6 +55,7 @@ export function socksReply(reason: Reason): number {
     case 'connect_failed':
       return REPLY.connection_refused;
     case 'connect_timeout':
+    case 'upstream_timeout':
       return REPLY.ttl_expired; // as most SOCKS servers answer a dial timeout
     default:
       return REPLY.general_failure;
