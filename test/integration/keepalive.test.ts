@@ -8,7 +8,7 @@ import { afterEach, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { getTcpOptions, keepaliveMode, nativeUnavailableReason, originalDestination, setTcpOptions, SockoptError } from '../../src/native/sockopt.js';
 import type { Tunnel } from '../../src/tunnel.js';
-import { eventually, RawClient, startGateway, startTcpServer } from '../helpers.js';
+import { cleanEnv, eventually, RawClient, startGateway, startTcpServer } from '../helpers.js';
 
 /**
  * The native addon on real tunnels: keepalive timing and TCP_USER_TIMEOUT
@@ -163,7 +163,7 @@ describe('a leg that times out', () => {
 });
 
 describe('without the addon (WA_EGRESS_NO_NATIVE=1)', () => {
-  const env = { ...process.env, WA_EGRESS_NO_NATIVE: '1' };
+  const env = cleanEnv({ WA_EGRESS_NO_NATIVE: '1' });
   function configFile(extra: string): string {
     const dir = mkdtempSync(join(tmpdir(), 'wa-egress-ka-'));
     const file = join(dir, 'config.yaml');

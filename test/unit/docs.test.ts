@@ -5,6 +5,7 @@ import { join, relative, resolve } from 'node:path';
 import { promisify } from 'node:util';
 import { describe, expect, it } from 'vitest';
 import { parse as parseYaml, stringify } from 'yaml';
+import { parseConfig } from '../../src/config/load.js';
 import { REASONS } from '../../src/errors.js';
 import { compilePattern, HostMatcher } from '../../src/policy/patterns.js';
 
@@ -259,6 +260,10 @@ describe('deploy/', () => {
       expect(s.has(key), key).toBe(true);
     }
     expect(s.get('MemoryDenyWriteExecute')).toBeUndefined(); // V8's JIT needs it off
+    // systemd must not kill a drain the default configuration still allows.
+    const stopSec = Number(/^(\d+)s$/.exec(s.get('TimeoutStopSec')![0])![1]);
+    const { shutdown } = parseConfig('listen: {proxy: "127.0.0.1:0"}\npolicy: {rules: []}\n', '/tmp/defaults.yaml');
+    expect(stopSec * 1000).toBeGreaterThan(shutdown.delay + shutdown.drain_timeout);
     expect(section('Install').get('WantedBy')).toEqual(['multi-user.target']);
   });
 
