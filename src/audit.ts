@@ -24,6 +24,8 @@ export interface Attempt {
   request?: number;
   /** The upstream parent (its key in `upstreams:`) the connection goes through. */
   via?: string;
+  /** The proxy user (its name; never a password), once authenticated. */
+  user?: string;
 }
 
 /** `ip:port`, IPv6 as `[ip]:port`: how records name an endpoint. */

@@ -6,6 +6,7 @@ import { auditSummary } from './commands/audit-summary.js';
 import { checkNetworkCommand } from './commands/check-network.js';
 import { configCheck } from './commands/config-check.js';
 import { exportCommand } from './commands/export.js';
+import { passwd } from './commands/passwd.js';
 import { policyExplain } from './commands/policy-explain.js';
 import { policySuggest } from './commands/policy-suggest.js';
 import { policyTest } from './commands/policy-test.js';
@@ -13,7 +14,7 @@ import { serve } from './commands/serve.js';
 
 /** argv → the command it names → run. One file per verb lives in commands/. */
 
-const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest, auditSummary, auditReport, checkNetworkCommand];
+const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest, auditSummary, auditReport, checkNetworkCommand, passwd];
 
 function mainHelp(): string {
   return `Usage: wa-egress <command> [options]

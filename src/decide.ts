@@ -23,6 +23,8 @@ export interface DecisionContext {
   resolveUnlisted: boolean;
   /** `policy.require_sni`: a TLS connection that names no server is refused (see decideAt). */
   requireSni: boolean;
+  /** The policy of each proxy user with its own `rules` (the same Rule objects, a subset). */
+  userPolicies?: ReadonlyMap<string, Policy>;
 }
 
 /** The decision inputs a validated configuration describes. */
@@ -35,6 +37,7 @@ export function decisionContext(config: Config, self: SelfAddresses): DecisionCo
     self,
     resolveUnlisted: config.dns.resolve_unlisted,
     requireSni: config.policy.require_sni,
+    userPolicies: userPolicies(config),
   };
 }
 
@@ -90,8 +93,20 @@ export function newTrace(): DecisionTrace {
   return { rules: [], dns: 'none', addresses: [] };
 }
 
-export function decide(ctx: DecisionContext, target: Target, trace?: DecisionTrace): Promise<Decision> {
-  return judge(ctx, target, null, trace);
+/** `user`: a proxy user, judged only against its own `rules`. */
+export function decide(ctx: DecisionContext, target: Target, trace?: DecisionTrace, user?: string): Promise<Decision> {
+  return judge(ctx, target, null, trace, user);
+}
+
+/** Computed once per configuration load: a user's request is judged only against its rules. */
+function userPolicies(config: Config): Map<string, Policy> {
+  const map = new Map<string, Policy>();
+  for (const u of config.clients.users) {
+    if (!u.rules) continue;
+    const names = new Set(u.rules);
+    map.set(u.name, new Policy(config.policy.rules.filter((r) => names.has(r.name))));
+  }
+  return map;
 }
 
 export interface DecideAtOptions {
@@ -119,8 +134,9 @@ export async function decideAt(ctx: DecisionContext, target: Target, address: st
 }
 
 /** decide() with `given` addresses (no DNS query) or null (resolve the name). */
-async function judge(ctx: DecisionContext, target: Target, given: readonly string[] | null, trace?: DecisionTrace): Promise<Decision> {
-  const rules = ctx.policy.rulesFor(target.port);
+async function judge(ctx: DecisionContext, target: Target, given: readonly string[] | null, trace?: DecisionTrace, user?: string): Promise<Decision> {
+  const policy = (user !== undefined && ctx.userPolicies?.get(user)) || ctx.policy;
+  const rules = policy.rulesFor(target.port);
   const isIp = target.family !== undefined;
   const notAllowed: Reason = isIp ? 'ip_not_allowed' : 'host_not_allowed';
   const hostIndex = isIp || rules.length === 0 ? -1 : Policy.hostRuleIndex(rules, target.host);
@@ -133,9 +149,11 @@ async function judge(ctx: DecisionContext, target: Target, given: readonly strin
 
   // Deny before any DNS query when no rule could still allow the destination
   // (or when names no rule lists may not cause queries: a DNS side channel).
-  if (rules.length === 0) return policyDenial(ctx, target, { reason: 'port_not_allowed' }, given, undefined, trace);
+  const deny = (denial: Denial, resolved: readonly string[] | null, judged?: readonly string[]) =>
+    policyDenial(ctx, target, policy === ctx.policy ? denial : outsideUserRules(ctx, target, denial, resolved), resolved, judged, trace);
+  if (rules.length === 0) return deny({ reason: 'port_not_allowed' }, given);
   if (!isIp && hostIndex < 0 && (!ctx.resolveUnlisted || !Policy.hasRanges(rules))) {
-    return policyDenial(ctx, target, { reason: notAllowed }, given, undefined, trace);
+    return deny({ reason: notAllowed }, given);
   }
 
   let resolved: readonly string[];
@@ -153,7 +171,7 @@ async function judge(ctx: DecisionContext, target: Target, given: readonly strin
       if (!(err instanceof EgressError)) throw err;
       if (trace) traceDnsFailure(trace, err);
       // A name no rule names does not get to learn that it fails to resolve.
-      if (hostIndex < 0) return policyDenial(ctx, target, { reason: notAllowed }, [], undefined, trace);
+      if (hostIndex < 0) return deny({ reason: notAllowed }, []);
       return { verdict: 'fail', reason: 'dns_failed', rule: hostRule, addresses: [] };
     }
   }
@@ -189,7 +207,24 @@ async function judge(ctx: DecisionContext, target: Target, given: readonly strin
   if (allowed.length) return { verdict: 'allow', rule: firstRule, addresses: allowed };
   // A loop is refused even in report mode: it could only hurt the proxy itself.
   if (loop) return { verdict: 'deny', reason: 'loop', addresses: judged };
-  return policyDenial(ctx, target, special ?? { reason: notAllowed }, resolved, judged, trace);
+  return deny(special ?? { reason: notAllowed }, resolved, judged);
+}
+
+const NOT_LISTED: ReadonlySet<Reason> = new Set(['port_not_allowed', 'host_not_allowed', 'ip_not_allowed']);
+
+/**
+ * A user's request its rules do not allow: `user_not_allowed`, naming the
+ * rule outside them that matches the port and the name (or an address
+ * already judged), so the record says why; otherwise the denial as it was.
+ */
+function outsideUserRules(ctx: DecisionContext, target: Target, denial: Denial, resolved: readonly string[] | null): Denial {
+  if (!NOT_LISTED.has(denial.reason)) return denial;
+  const all = ctx.policy.rulesFor(target.port);
+  const hostIndex = target.family === undefined ? Policy.hostRuleIndex(all, target.host) : -1;
+  let rule = hostIndex >= 0 ? all[hostIndex] : undefined;
+  const ips = target.family !== undefined ? [target.host] : (resolved ?? []);
+  for (const ip of ips) rule ??= Policy.ruleFor(all, -1, classify(ip).effective);
+  return rule ? { reason: 'user_not_allowed', rule: rule.name } : denial;
 }
 
 function traceAddress(
@@ -218,8 +253,8 @@ function traceDnsFailure(trace: DecisionTrace, err: EgressError): void {
 }
 
 /** Judge an open connection again (a reload): `target` as first asked for, `address` the one it is connected to. */
-export function decideConnected(ctx: DecisionContext, target: Target, address: string): Promise<Decision> {
-  return judge(ctx, target, [address]);
+export function decideConnected(ctx: DecisionContext, target: Target, address: string, user?: string): Promise<Decision> {
+  return judge(ctx, target, [address], undefined, user);
 }
 
 /**

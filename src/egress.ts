@@ -1,4 +1,6 @@
 import type { Socket } from 'node:net';
+import type { Authenticator } from './access/auth.js';
+import type { ClientAccess } from './access/clients.js';
 import type { Attempt, Audit } from './audit.js';
 import { decide, decideAt, type Decision, type DecisionContext } from './decide.js';
 import type { Logger } from './log.js';
@@ -31,6 +33,9 @@ export interface EgressContext extends DecisionContext {
   inflight: number;
   /** `routes:` / `default_route:`: which parent, if any, an allowed destination leaves through (absent: direct). */
   routes?: RouteTable;
+  /** Who may connect, and the proxy users (clients:). */
+  clients: ClientAccess;
+  auth: Authenticator;
 }
 
 export interface EgressOpen {
@@ -105,7 +110,7 @@ async function judge(ctx: EgressContext, attempt: Attempt, target: Target, opts:
     ctx.audit.denied(attempt, { reason: 'audit_unavailable', enforced: true });
     return { ok: false, reason: 'audit_unavailable' };
   }
-  const d = opts.at ? await decideAt(ctx, target, opts.at.address, { nameless: opts.at.nameless }) : await decide(ctx, target);
+  const d = opts.at ? await decideAt(ctx, target, opts.at.address, { nameless: opts.at.nameless }) : await decide(ctx, target, undefined, attempt.user);
   if (ctx.log?.isLevelEnabled('debug')) {
     ctx.log.debug({ id: attempt.id, dest: `${target.host}:${target.port}`, verdict: d.verdict, rule: d.rule, addresses: d.addresses }, 'decision');
   }

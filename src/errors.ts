@@ -12,6 +12,15 @@ export const REASONS = {
   loop: 403,
   /** A TLS connection that names no server (SNI) where `require_sni` asks for one (transparent listener). */
   sni_required: 403,
+  /** A proxy user's request that only rules outside the user's `rules` allow. */
+  user_not_allowed: 403,
+  // Who may use the gateway (clients:).
+  /** The source address is outside `clients.allow` (or the forward listener's `clients`). */
+  client_not_allowed: 403,
+  /** Proxy users are configured and the request carries no credentials. */
+  auth_required: 407,
+  /** Wrong, malformed or unknown credentials, or a user not allowed from this source. */
+  auth_failed: 407,
   // The client's fault.
   bad_request: 400,
   handshake_timeout: 408,
@@ -45,6 +54,7 @@ export const POLICY_REASONS: ReadonlySet<Reason> = new Set([
   'ip_not_allowed',
   'special_range',
   'sni_required',
+  'user_not_allowed',
 ]);
 
 export function httpStatus(reason: Reason): number {

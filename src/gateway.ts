@@ -1,4 +1,6 @@
 import { randomBytes } from 'node:crypto';
+import { Authenticator } from './access/auth.js';
+import { ClientAccess } from './access/clients.js';
 import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Audit, formatClient } from './audit.js';
@@ -62,7 +64,9 @@ export class Gateway {
   private readonly perServer = new Map<net.Server, number>();
   readonly fdLimit = readFdLimit();
   /** `limits:` over all listeners; reads the configuration in force on each accept. */
-  readonly admission = new Admission(() => this.config.limits);
+  readonly admission = new Admission(() => this.config.limits, () => this.ctx.clients);
+  /** Proxy users' verified credentials and per-source failures; kept across reloads. */
+  readonly auth = new Authenticator();
   /** Sockets of this process that do not proxy (the admin listener), for the loop check. */
   private readonly own: AddressInfo[] = [];
   private ctx: EgressContext;
@@ -169,6 +173,8 @@ export class Gateway {
         gw.inflight = n;
       },
       routes: RouteTable.from(config),
+      clients: new ClientAccess(config),
+      auth: this.auth,
     };
   }
 

@@ -1,3 +1,4 @@
+import { clientWarnings } from '../access/clients.js';
 import { auditPathProblem } from '../audit-path.js';
 import type { ConfigIssue } from '../errors.js';
 import { classify } from '../net/classify.js';
@@ -57,7 +58,7 @@ function judged(c: Cidr): { family: 4 | 6; start: bigint; end: bigint; range: st
 /** Rules that cannot work, and a policy that allows nothing. */
 export function warnings(loaded: ConfigSource): ConfigIssue[] {
   const { config, raw } = loaded;
-  const out: ConfigIssue[] = [];
+  const out: ConfigIssue[] = clientWarnings(config).map((w) => loaded.at(w.path, w.message));
   const rules = config.policy.rules;
   if (rules.length === 0) {
     out.push(

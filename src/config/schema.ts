@@ -6,6 +6,7 @@ import type { KeepAlive } from '../net/keepalive.js';
 import { normalizeHost, parseHostPort } from '../policy/hostport.js';
 import { compilePattern, HostMatcher, type CompiledPattern } from '../policy/patterns.js';
 import type { Rule } from '../policy/policy.js';
+import { checkClientRefs, clientsSchema, forwardClients } from './clients.js';
 import { BUILTIN_RANGES, loadRangeFile } from './ranges.js';
 import { parseDnsSource, parseUrlSource, type RangeSource } from '../ranges/source.js';
 import { checkRouteNames, defaultRouteSchema, routesSchema, upstreamsSchema } from '../upstream/config.js';
@@ -199,6 +200,7 @@ const forward = z.strictObject({
   name: z.string().regex(/^[A-Za-z0-9_.-]+$/, 'names are letters, digits, "_", "-" and "."'),
   listen: listenAddress,
   to: forwardTarget,
+  clients: forwardClients,
 });
 
 type Listeners = {
@@ -414,7 +416,10 @@ export function configSchema(baseDir: string) {
     upstreams: upstreamsSchema(duration(1)).prefault({}),
     routes: routesSchema,
     default_route: defaultRouteSchema,
-  }).superRefine(checkRouteNames);
+    clients: clientsSchema,
+  })
+    .superRefine(checkRouteNames)
+    .superRefine(checkClientRefs);
 }
 
 /** How `url:` and `dns:` range entries are kept current (src/ranges/feeds.ts). */

@@ -1,12 +1,15 @@
 import http from 'node:http';
 import type { Socket } from 'node:net';
+import type { ClientAccess } from '../access/clients.js';
 import { formatClient, type Attempt, type Audit } from '../audit.js';
 import type { Config } from '../config/schema.js';
 import { httpStatus } from '../errors.js';
 
 /**
  * Connection admission, shared by every listener and called on accept:
- * `limits.max_connections` (all listeners), `max_connections_per_client`
+ * first `clients.allow` (or a forward listener's own `clients`): a source
+ * outside it is refused before a byte is read, so before any parsing or
+ * DNS; then `limits.max_connections` (all listeners), `max_connections_per_client`
  * (per source address) and `max_handshakes` (connections that have not yet
  * sent a complete request). The descriptor budget (gateway.ts) sits below
  * these: past it a connection never reaches a listener.
@@ -19,7 +22,7 @@ import { httpStatus } from '../errors.js';
  */
 
 export type Limits = Config['limits'];
-export type Refusal = { reason: 'over_capacity' | 'client_limit'; detail: string };
+export type Refusal = { reason: 'over_capacity' | 'client_limit' | 'client_not_allowed'; detail: string };
 
 /** How long a refused client may keep sending before the socket is destroyed (its answer is read, not reset). */
 const LINGER_MS = 2000;
@@ -36,7 +39,11 @@ export class Admission {
   /** Unfinished handshakes, oldest first, each with how to drop it. */
   private readonly pending = new Map<Socket, (r: Refusal) => void>();
 
-  constructor(private readonly limits: () => Limits) {}
+  constructor(
+    private readonly limits: () => Limits,
+    /** The allow-lists in force; without it every source is admitted. */
+    private readonly clients?: () => ClientAccess,
+  ) {}
 
   /** Admitted client connections still open. */
   get connections(): number {
@@ -51,8 +58,13 @@ export class Admission {
    * Count a new connection in, or say why it is refused. With `evict`
    * (listeners that read a request) it holds a handshake slot until
    * `handshakeDone`; `evict` drops it if newer connections need the slot.
+   * `forward` names a forward listener, judged by its own `clients` list.
    */
-  enter(socket: Socket, evict?: (r: Refusal) => void): Refusal | undefined {
+  enter(socket: Socket, evict?: (r: Refusal) => void, forward?: string): Refusal | undefined {
+    if (this.clients && !this.clients().admits(socket.remoteAddress, forward)) {
+      const list = forward !== undefined ? `listen.forwards "${forward}" clients (or clients.allow)` : 'clients.allow';
+      return { reason: 'client_not_allowed', detail: `source ${socket.remoteAddress ?? 'unknown'} is not in ${list}` };
+    }
     const l = this.limits();
     if (l.max_connections > 0 && this.open >= l.max_connections) {
       return { reason: 'over_capacity', detail: `${this.open} client connections open (limits.max_connections)` };
@@ -117,7 +129,7 @@ export function auditRefusal(audit: Audit, attempt: Attempt, r: Refusal): void {
   audit.denied(attempt, { reason: r.reason, enforced: true, error: r.detail });
 }
 
-/** The HTTP answer to a refused connection: 429 or 503, with the reason and Retry-After. */
+/** The HTTP answer to a refused connection: 403, or 429 or 503 with Retry-After. */
 export function httpRefusal(r: Refusal): string {
   const status = httpStatus(r.reason);
   const body = `${r.reason}: ${r.detail}\n`;
@@ -126,7 +138,7 @@ export function httpRefusal(r: Refusal): string {
     `Content-Type: text/plain; charset=utf-8\r\n` +
     `Content-Length: ${Buffer.byteLength(body)}\r\n` +
     `X-Wa-Egress-Reason: ${r.reason}\r\n` +
-    `Retry-After: ${RETRY_AFTER_S}\r\n` +
+    (r.reason === 'client_not_allowed' ? '' : `Retry-After: ${RETRY_AFTER_S}\r\n`) +
     `Connection: close\r\n\r\n${body}`
   );
 }

@@ -6,9 +6,10 @@ import { parseAbsoluteUrl, parseHostPort, type Target } from '../policy/hostport
 /** The proxy's own error answers, and reading what a refused request asked for. */
 
 /** An error answer on a request the HTTP parser accepted. */
-export function answer(res: ServerResponse, reason: Reason, detail: string | undefined, close: boolean): void {
+export function answer(res: ServerResponse, reason: Reason, detail: string | undefined, close: boolean, extra?: Record<string, string>): void {
   const body = `${reason}${detail ? `: ${detail}` : ''}\n`;
   res.writeHead(httpStatus(reason), {
+    ...extra,
     'Content-Type': 'text/plain; charset=utf-8',
     'Content-Length': Buffer.byteLength(body),
     'X-Wa-Egress-Reason': reason,
@@ -18,7 +19,7 @@ export function answer(res: ServerResponse, reason: Reason, detail: string | und
 }
 
 /** An error answer written straight to a socket (CONNECT, parse errors, upgrades). */
-export function rawResponse(reason: Reason, detail?: string): string {
+export function rawResponse(reason: Reason, detail?: string, extraHeaders = ''): string {
   const status = httpStatus(reason);
   const body = `${reason}${detail ? `: ${detail}` : ''}\n`;
   return (
@@ -26,6 +27,7 @@ export function rawResponse(reason: Reason, detail?: string): string {
     `Content-Type: text/plain; charset=utf-8\r\n` +
     `Content-Length: ${Buffer.byteLength(body)}\r\n` +
     `X-Wa-Egress-Reason: ${reason}\r\n` +
+    extraHeaders +
     `Connection: close\r\n\r\n${body}`
   );
 }

@@ -24,12 +24,15 @@ const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._:[\]-]{1,1024}) HTTP\/1\.[01]$/;
 const HEADER_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?[ \t]*$/;
 // A CONNECT has no body; framing headers on one are left to Node's rules.
 const FRAMING = /^(?:content-length|transfer-encoding):/i;
+const PROXY_AUTHORIZATION = /^proxy-authorization:[ \t]*(.*?)[ \t]*$/i;
 
 export interface ConnectHead {
   /** The request target, as Node's parser would give it in `req.url`. */
   authority: string;
   /** Bytes up to and including the blank line; what follows is tunnel data. */
   length: number;
+  /** The first Proxy-Authorization value, as Node's parser keeps it (duplicates are dropped). */
+  proxyAuthorization?: string;
 }
 
 export function readConnectHead(buf: Buffer, maxHead = MAX_HEAD): ConnectHead | null {
@@ -40,9 +43,11 @@ export function readConnectHead(buf: Buffer, maxHead = MAX_HEAD): ConnectHead | 
   const m = REQUEST_LINE.exec(lines[0]!);
   // Over the field limit: the HTTP server's 431.
   if (!m || lines.length - 1 > MAX_HEADER_FIELDS) return null;
+  let proxyAuthorization: string | undefined;
   for (let i = 1; i < lines.length; i++) {
     const line = lines[i]!;
     if (!HEADER_LINE.test(line) || FRAMING.test(line)) return null;
+    proxyAuthorization ??= PROXY_AUTHORIZATION.exec(line)?.[1];
   }
-  return { authority: m[1]!, length: end + 4 };
+  return { authority: m[1]!, length: end + 4, proxyAuthorization };
 }

@@ -14,7 +14,7 @@ export interface ForwardListenerOptions {
   name: string;
   to: Target;
   nextId: () => string;
-  /** Connection limits (admission.ts); a refused connection is closed. No handshake: nothing to wait for. */
+  /** The listener's `clients` and connection limits (admission.ts); a refused connection is closed. No handshake: nothing to wait for. */
   admission?: Admission;
 }
 
@@ -32,7 +32,7 @@ export function createForwardServer(ctx: () => EgressContext, opts: ForwardListe
       dest_port: opts.to.port,
     };
     const c = ctx();
-    const refused = opts.admission?.enter(socket);
+    const refused = opts.admission?.enter(socket, undefined, opts.name);
     if (refused) {
       auditRefusal(c.audit, attempt, refused);
       return void socket.destroy();

@@ -8,6 +8,7 @@ import { acceptAttempt, auditRefusal, httpRefusal, lingerClose, type Admission, 
 import { answer, closeWith, guessTarget, rawResponse, readRequestLine } from './answers.js';
 import { readConnectHead } from './connect-head.js';
 import { MAX_HEADER_FIELDS, forwardRequestHeaders, forwardResponseHeaders, headProblem, maxForwards, traceBody } from './headers.js';
+import { authorize, PROXY_AUTHENTICATE } from './proxy-auth.js';
 import { handleUpgrade } from './upgrade.js';
 import { parentRefusal, upstreamRequest } from '../upstream/forward.js';
 
@@ -153,7 +154,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
           ctx().audit.denied({ ...attempt, dest_host: target?.host, dest_port: target?.port }, { reason: 'head_too_large', enforced: true, error: `more than ${MAX_HEADER_FIELDS} header fields` });
           return closeWith(socket, rawResponse('head_too_large'));
         }
-        handleConnect(ctx(), attempt, url, socket, head).catch((err) => socket.destroy(err as Error));
+        handleConnect(ctx(), attempt, url, socket, head, req.headers['proxy-authorization']).catch((err) => socket.destroy(err as Error));
       },
       () => {
         const target = guessTarget('CONNECT', url);
@@ -283,7 +284,9 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
       // Bytes that come while the upstream is dialled wait in the socket.
       socket.pause();
       const attempt: Attempt = { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), listener: opts.name, proto: 'connect' };
-      handleConnect(ctx(), attempt, head.authority, socket, data.subarray(head.length)).catch((err) => socket.destroy(err as Error));
+      handleConnect(ctx(), attempt, head.authority, socket, data.subarray(head.length), head.proxyAuthorization).catch((err) =>
+        socket.destroy(err as Error),
+      );
     };
     // Nothing at all within the handshake timeout: the answer Node's parser
     // gives. (A connection handed over later gets Node's own head timeout
@@ -329,7 +332,7 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   return front;
 }
 
-async function handleConnect(ctx: EgressContext, attempt: Attempt, url: string, socket: Socket, head: Buffer) {
+async function handleConnect(ctx: EgressContext, attempt: Attempt, url: string, socket: Socket, head: Buffer, authorization?: string) {
   let target: Target;
   try {
     target = parseHostPort(url);
@@ -338,6 +341,10 @@ async function handleConnect(ctx: EgressContext, attempt: Attempt, url: string, 
   }
   attempt.dest_host = target.host;
   attempt.dest_port = target.port;
+  if (ctx.clients.authRequired) {
+    const denied = await authorize(ctx, attempt, socket.remoteAddress, authorization);
+    if (denied) return closeWith(socket, rawResponse(denied.reason, denied.detail, `Proxy-Authenticate: ${PROXY_AUTHENTICATE}\r\n`));
+  }
   const result = await openEgress(ctx, attempt, target);
   if (!result.ok) {
     closeWith(socket, rawResponse(result.reason, result.message));
@@ -390,6 +397,16 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
   attempt.dest_port = url.target.port;
   const problem = headProblem(req.rawHeaders);
   if (problem) return refuseMalformed(ctx, ex, problem.reason, problem.detail);
+  if (ctx.clients.authRequired) {
+    const denied = await authorize(ctx, attempt, req.socket.remoteAddress, req.headers['proxy-authorization']);
+    if (cancelled(ex)) return;
+    if (denied) {
+      ex.decided = true;
+      reply(ex, denied.reason, denied.detail, ex.expectContinue && !req.complete, { 'Proxy-Authenticate': PROXY_AUTHENTICATE });
+      discardBody(req, bodyTimeoutMs);
+      return;
+    }
+  }
 
   let headers = forwardRequestHeaders(req.rawHeaders, url.authority);
   const hops = maxForwards(req.method, headers);
@@ -554,9 +571,9 @@ function cancelled(ex: Exchange): boolean {
 }
 
 /** The proxy's own error answer; one that closes marks the connection as closing. */
-function reply(ex: Exchange, reason: Reason, detail: string | undefined, close: boolean): void {
+function reply(ex: Exchange, reason: Reason, detail: string | undefined, close: boolean, extra?: Record<string, string>): void {
   if (close) closeAfter(ex.req.socket, ex.attempt.request!);
-  answer(ex.res, reason, detail, close);
+  answer(ex.res, reason, detail, close, extra);
 }
 
 /**

@@ -4,21 +4,21 @@ import { openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError, type Reason } from '../errors.js';
 import { bigIntToV6, numberToV4, v6ToBigInt } from '../net/ip.js';
 import { normalizeHost, type Target } from '../policy/hostport.js';
+import type { AuthOutcome } from '../access/auth.js';
 import { acceptAttempt, auditRefusal, lingerClose, type Admission, type Refusal } from './admission.js';
 
 /**
  * SOCKS5 listener (RFC 1928, CONNECT only). Names are resolved by the proxy
  * (the socks5h behaviour) through the same decision path as CONNECT; the
- * outcome becomes a SOCKS reply code. RFC 1929 username/password is offered
- * when an `authenticate` function is given (proxy users, a later feature).
+ * outcome becomes a SOCKS reply code. With proxy users (`clients.users`)
+ * only RFC 1929 username/password is offered, and a failed check is answered
+ * with a non-zero status and the connection closed, as that RFC says.
  */
 
 export interface SocksListenerOptions {
   name: string;
   handshakeTimeoutMs: number;
   nextId: () => string;
-  /** RFC 1929 check; without it only "no authentication" is offered. */
-  authenticate?: (username: string, password: string) => boolean;
   /** Connection limits (admission.ts); without it, only the descriptor budget applies. */
   admission?: Admission;
 }
@@ -49,6 +49,8 @@ export function socksReply(reason: Reason): number {
     case 'ip_not_allowed':
     case 'special_range':
     case 'loop':
+    case 'user_not_allowed':
+    case 'client_not_allowed':
       return REPLY.not_allowed;
     case 'dns_failed':
       return REPLY.host_unreachable;
@@ -79,8 +81,9 @@ export function createSocksServer(ctx: () => EgressContext, opts: SocksListenerO
       const refused = opts.admission.enter(socket, (r) => h?.drop(r));
       if (refused) {
         auditRefusal(ctx().audit, acceptAttempt(socket, opts.nextId(), opts.name, 'socks'), refused);
-        // "No authentication", then the general failure the client reads as the reply to its request.
-        return lingerClose(socket, Buffer.concat([Buffer.from([VERSION, METHOD_NONE]), failure(REPLY.general_failure)]));
+        // "No authentication", then the failure the client reads as the reply to
+        // its request (0x02 for a source outside clients.allow): nothing it sends is parsed.
+        return lingerClose(socket, Buffer.concat([Buffer.from([VERSION, METHOD_NONE]), failure(socksReply(refused.reason))]));
       }
       h = new Handshake(ctx(), opts, socket);
       return;
@@ -90,7 +93,7 @@ export function createSocksServer(ctx: () => EgressContext, opts: SocksListenerO
   return server;
 }
 
-type State = 'greeting' | 'auth' | 'request' | 'dialling';
+type State = 'greeting' | 'auth' | 'authenticating' | 'request' | 'dialling';
 
 class Handshake {
   private buf: Buffer = Buffer.alloc(0);
@@ -146,8 +149,12 @@ class Handshake {
         if (b.length < 2 + n) return false;
         const methods = b.subarray(2, 2 + n);
         this.buf = b.subarray(2 + n);
-        const wanted = this.opts.authenticate ? METHOD_PASSWORD : METHOD_NONE;
+        const wanted = this.ctx.clients.authRequired ? METHOD_PASSWORD : METHOD_NONE;
         if (!methods.includes(wanted)) {
+          if (wanted === METHOD_PASSWORD) {
+            this.refuse('auth_required', 'proxy users are configured: the client must offer username/password (RFC 1929)', Buffer.from([VERSION, NO_ACCEPTABLE_METHOD]));
+            return false;
+          }
           throw new SocksError('no acceptable authentication method', Buffer.from([VERSION, NO_ACCEPTABLE_METHOD]));
         }
         this.socket.write(Buffer.from([VERSION, wanted]));
@@ -165,16 +172,32 @@ class Handshake {
         const user = b.subarray(2, 2 + ulen).toString('utf8');
         const pass = b.subarray(3 + ulen, 3 + ulen + plen).toString('utf8');
         this.buf = b.subarray(3 + ulen + plen);
-        if (!this.opts.authenticate!(user, pass)) throw new SocksError('authentication failed', Buffer.from([1, 1]));
-        this.socket.write(Buffer.from([1, 0]));
-        this.state = 'request';
-        return true;
+        // Bytes that come meanwhile wait in buf; the handshake timer still runs.
+        this.state = 'authenticating';
+        this.ctx.auth.check(this.ctx.clients, this.socket.remoteAddress, user, pass).then(
+          (r) => this.authenticated(r),
+          (err: Error) => this.socket.destroy(err),
+        );
+        return false;
       }
       case 'request':
         return this.request(b);
       default:
         return false;
     }
+  }
+
+  private authenticated(r: AuthOutcome): void {
+    if (this.state !== 'authenticating' || this.socket.destroyed) return;
+    if (!r.ok) {
+      this.attempt.user = r.user;
+      // RFC 1929: a non-zero status, then the server closes the connection.
+      return this.refuse(r.reason, r.detail, Buffer.from([1, 1]));
+    }
+    this.attempt.user = r.user;
+    this.socket.write(Buffer.from([1, 0]));
+    this.state = 'request';
+    this.receive(Buffer.alloc(0));
   }
 
   /** VER CMD RSV ATYP DST.ADDR DST.PORT */

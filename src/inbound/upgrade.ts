@@ -5,6 +5,7 @@ import { openEgress, startTunnel, type EgressContext } from '../egress.js';
 import { EgressError } from '../errors.js';
 import { parseAbsoluteUrl } from '../policy/hostport.js';
 import { closeWith, rawResponse } from './answers.js';
+import { authorize, PROXY_AUTHENTICATE } from './proxy-auth.js';
 import { forwardRequestHeaders, forwardResponseHeaders, headProblem } from './headers.js';
 
 /**
@@ -34,6 +35,10 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
   }
   // Bytes that come while the upstream is dialled wait in the socket.
   socket.pause();
+  if (ctx.clients.authRequired) {
+    const denied = await authorize(ctx, attempt, socket.remoteAddress, req.headers['proxy-authorization']);
+    if (denied) return closeWith(socket, rawResponse(denied.reason, denied.detail, `Proxy-Authenticate: ${PROXY_AUTHENTICATE}\r\n`));
+  }
   const result = await openEgress(ctx, attempt, url.target);
   if (!result.ok) return closeWith(socket, rawResponse(result.reason, result.message));
   const upstream = result.upstream;

@@ -22,7 +22,7 @@ export async function recheckTunnels(gw: Gateway, log?: Logger): Promise<{ check
     // Attempts hold the canonical host: a name, or an address without brackets.
     const ip = canonicalIp(a.dest_host);
     const target: Target = ip ? { host: ip.ip, family: ip.family, port: a.dest_port } : { host: a.dest_host, port: a.dest_port };
-    const d = await decideConnected(ctx, target, tunnel.destIp);
+    const d = await decideConnected(ctx, target, tunnel.destIp, a.user);
     checked++;
     if (!gw.tunnels.has(tunnel)) continue; // closed meanwhile
     if (d.wouldDeny) ctx.audit.denied(a, { ...d.wouldDeny, dest_ip: tunnel.destIp, enforced: false });
