@@ -60,6 +60,8 @@ export class Authenticator {
   private readonly secret = randomBytes(32);
   private readonly cache = new Map<string, { user: string; hash: string }>();
   private readonly sources = new Map<string, SourceState>();
+  /** scrypt verifications run (a cached credential needs none): for metrics and tests. */
+  verifications = 0;
   /** Checked for unknown names, so they take as long as a wrong password. */
   private dummy: Promise<PasswordHash> | undefined;
 
@@ -74,22 +76,26 @@ export class Authenticator {
   /** Check a user name and password (`password` null: the credentials were malformed). */
   async check(access: ClientAccess, source: string | undefined, name: string, password: string | null): Promise<AuthOutcome> {
     const user = access.users.get(name);
+    const from = access.usersFrom(source);
+    // A user an allow entry does not list for this source fails like a wrong password (no scrypt spent).
+    const permitted = user !== undefined && (from === 'any' || from?.has(user.name) === true);
     const key = password === null ? '' : this.key(name, password);
-    if (user && password !== null && this.cached(key, user.hash.text)) return { ok: true, user: user.name };
+    if (permitted && password !== null && this.cached(key, user.hash.text)) return { ok: true, user: user.name };
 
     const state = this.state(sourceKey(source));
     if (state.waiting >= MAX_WAITING) return this.failed(state, user?.name, 'too many authentications waiting from this source');
     state.waiting++;
     const turn = state.tail.then(async (): Promise<AuthOutcome> => {
       // An attempt ahead in line may have verified the same credential.
-      if (user && password !== null && this.cached(key, user.hash.text)) return { ok: true, user: user.name };
+      if (permitted && password !== null && this.cached(key, user.hash.text)) return { ok: true, user: user.name };
       if (password === null) return this.failed(state, undefined, 'malformed Basic credentials');
       if (!user) {
+        this.verifications++;
         await verifyPassword(password, await this.dummyHash());
         return this.failed(state, undefined, 'unknown user or wrong password');
       }
-      const from = access.usersFrom(source);
-      if (from !== 'any' && !from?.has(user.name)) return this.failed(state, user.name, `user "${user.name}" may not connect from this address`);
+      if (!permitted) return this.failed(state, user.name, `user "${user.name}" may not connect from this address (clients.allow)`);
+      this.verifications++;
       if (!(await verifyPassword(password, user.hash))) return this.failed(state, user.name, 'unknown user or wrong password');
       this.remember(key, user.name, user.hash.text);
       return { ok: true, user: user.name };
@@ -113,7 +119,7 @@ export class Authenticator {
     state.last = Date.now();
     const ms = failureDelay(state.failures);
     if (ms > 0) await new Promise((r) => setTimeout(r, ms));
-    return { ok: false, reason: 'auth_failed', detail, user };
+    return user === undefined ? { ok: false, reason: 'auth_failed', detail } : { ok: false, reason: 'auth_failed', detail, user };
   }
 
   private state(key: string): SourceState {

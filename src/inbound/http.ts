@@ -343,7 +343,7 @@ async function handleConnect(ctx: EgressContext, attempt: Attempt, url: string, 
   attempt.dest_port = target.port;
   if (ctx.clients.authRequired) {
     const denied = await authorize(ctx, attempt, socket.remoteAddress, authorization);
-    if (denied) return closeWith(socket, rawResponse(denied.reason, denied.detail, `Proxy-Authenticate: ${PROXY_AUTHENTICATE}\r\n`));
+    if (denied) return closeWith(socket, rawResponse(denied.reason, denied.message, `Proxy-Authenticate: ${PROXY_AUTHENTICATE}\r\n`));
   }
   const result = await openEgress(ctx, attempt, target);
   if (!result.ok) {
@@ -402,7 +402,7 @@ async function handleRequest(ctx: EgressContext, ex: Exchange, bodyTimeoutMs: nu
     if (cancelled(ex)) return;
     if (denied) {
       ex.decided = true;
-      reply(ex, denied.reason, denied.detail, ex.expectContinue && !req.complete, { 'Proxy-Authenticate': PROXY_AUTHENTICATE });
+      reply(ex, denied.reason, denied.message, ex.expectContinue && !req.complete, { 'Proxy-Authenticate': PROXY_AUTHENTICATE });
       discardBody(req, bodyTimeoutMs);
       return;
     }

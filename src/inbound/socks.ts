@@ -189,12 +189,11 @@ class Handshake {
 
   private authenticated(r: AuthOutcome): void {
     if (this.state !== 'authenticating' || this.socket.destroyed) return;
+    if (r.user !== undefined) this.attempt.user = r.user;
     if (!r.ok) {
-      this.attempt.user = r.user;
       // RFC 1929: a non-zero status, then the server closes the connection.
       return this.refuse(r.reason, r.detail, Buffer.from([1, 1]));
     }
-    this.attempt.user = r.user;
     this.socket.write(Buffer.from([1, 0]));
     this.state = 'request';
     this.receive(Buffer.alloc(0));

@@ -37,7 +37,7 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
   socket.pause();
   if (ctx.clients.authRequired) {
     const denied = await authorize(ctx, attempt, socket.remoteAddress, req.headers['proxy-authorization']);
-    if (denied) return closeWith(socket, rawResponse(denied.reason, denied.detail, `Proxy-Authenticate: ${PROXY_AUTHENTICATE}\r\n`));
+    if (denied) return closeWith(socket, rawResponse(denied.reason, denied.message, `Proxy-Authenticate: ${PROXY_AUTHENTICATE}\r\n`));
   }
   const result = await openEgress(ctx, attempt, url.target);
   if (!result.ok) return closeWith(socket, rawResponse(result.reason, result.message));
