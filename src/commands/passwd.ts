@@ -44,10 +44,11 @@ async function firstLine(): Promise<string> {
 
 /** Read one line from the terminal in raw mode, echoing nothing. */
 function ask(prompt: string): Promise<string> {
-  process.stderr.write(prompt);
   const stdin = process.stdin;
+  // Echo off before the prompt: a password typed at once is not echoed either.
   stdin.setRawMode(true);
   stdin.resume();
+  process.stderr.write(prompt);
   return new Promise((resolve) => {
     let text = '';
     const done = () => {

@@ -116,13 +116,19 @@ describe('clients config', () => {
     const open = { clients: { allow: ['0.0.0.0/0', '::/0'] } };
     expect(clientWarnings(config(open))).toEqual([]);
     expect(clientWarnings(config(open, { proxy: '0.0.0.0:3128' }))).toEqual([
-      'listener "proxy" on 0.0.0.0:3128 serves any source (0.0.0.0/0, ::/0) without credentials: an open relay to every allowed destination',
+      {
+        path: ['listen', 'proxy'],
+        message: 'listener "proxy" on 0.0.0.0:3128 serves any source (0.0.0.0/0, ::/0) without credentials: an open relay to every allowed destination',
+      },
     ]);
     expect(clientWarnings(config({}, { proxy: '0.0.0.0:3128' }))).toEqual([]);
     const hash = await hashPassword('pw', FAST);
     const withUsers = { clients: { ...open.clients, users: [{ name: 'u', password_hash: hash }] } };
     expect(clientWarnings(config(withUsers, { socks: '[::]:1080', forwards: [{ name: 'f', listen: '0.0.0.0:5222', to: 'a.test:443' }] }))).toEqual([
-      'listener "f" on 0.0.0.0:5222 serves any source (0.0.0.0/0, ::/0) without credentials: an open relay to every allowed destination',
+      {
+        path: ['listen', 'forwards', 0, 'listen'],
+        message: 'listener "f" on 0.0.0.0:5222 serves any source (0.0.0.0/0, ::/0) without credentials: an open relay to every allowed destination',
+      },
     ]);
   });
 });
