@@ -216,6 +216,24 @@ describe('HTTP proxy users: absolute-form', () => {
     ]);
   });
 
+  it('an Upgrade request and a TRACE answered by the proxy itself need credentials too', async () => {
+    const { g, origin } = await setup();
+    const up = await RawClient.connect(g.port);
+    up.write(`GET http://chat.test:${origin.port}/ws HTTP/1.1\r\nHost: chat.test\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n`);
+    const upgrade = await up.head();
+    expect(upgrade.status).toBe(407);
+    expect(upgrade.headers['proxy-authenticate']).toBe('Basic realm="wa-egress"');
+    up.destroy();
+    const tr = await RawClient.connect(g.port);
+    tr.write(`TRACE http://chat.test:${origin.port}/t HTTP/1.1\r\nHost: chat.test\r\nMax-Forwards: 0\r\nProxy-Authorization: ${basic('coreapp', 'bad')}\r\n\r\n`);
+    const trace = await tr.head();
+    expect(trace.status).toBe(407);
+    expect(trace.headers['x-wa-egress-reason']).toBe('auth_failed');
+    tr.destroy();
+    expect(origin.urls).toEqual([]);
+    expect(g.audit().map((r) => r.reason)).toEqual(['auth_required', 'auth_failed']);
+  });
+
   it.skipIf(!hasCurl)('curl --proxy-user: served; wrong password and none get 407', async () => {
     const { g, origin } = await setup();
     const proxy = `http://127.0.0.1:${g.port}`;
