@@ -1,12 +1,9 @@
 import { execFile } from 'node:child_process';
-import { writeFileSync } from 'node:fs';
 import net, { type Socket } from 'node:net';
-import { join } from 'node:path';
 import { promisify } from 'node:util';
 import { SocksClient } from 'socks';
-import { stringify } from 'yaml';
 import { afterEach, describe, expect, it } from 'vitest';
-import { eventually, startGateway, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
+import { CLI, cleanEnv, eventually, startGateway, writeTestConfig, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
 
 /**
  * clients.allow on real sockets: listeners on 127.0.0.2 reached from source
@@ -14,8 +11,7 @@ import { eventually, startGateway, startTcpServer, type TestGateway, type TestSe
  * listeners, the default list, and `config check`.
  */
 
-const run = promisify(execFile);
-const CLI = join(import.meta.dirname, '../../dist/cli.js');
+const run = (cmd: string, args: string[]) => promisify(execFile)(cmd === 'node' ? process.execPath : cmd, args, { env: cleanEnv() });
 
 let cleanup: (() => Promise<void> | void)[] = [];
 afterEach(async () => {
@@ -175,25 +171,20 @@ describe('clients.allow on the SOCKS listener', () => {
 });
 
 describe('config check and clients', () => {
-  function write(g: TestGateway | undefined, config: Record<string, unknown>): string {
-    const file = join(g?.dir ?? '/tmp', `clients-${process.pid}-${Math.random().toString(36).slice(2)}.yaml`);
-    writeFileSync(file, stringify(config));
-    cleanup.push(() => {});
-    return file;
-  }
+  const write = async (config: Record<string, unknown>) => (await writeTestConfig(config)).file;
   const policy = { rules: [{ name: 'chat', hosts: ['a.test'], ports: [443] }] };
 
   it('warns about an open list on a listener bound beyond loopback', async () => {
-    const file = write(undefined, { listen: { proxy: '0.0.0.0:3128' }, policy, clients: { allow: ['0.0.0.0/0', '::/0'] } });
+    const file = await write({ listen: { proxy: '0.0.0.0:3128' }, policy, clients: { allow: ['0.0.0.0/0', '::/0'] } });
     const r = await run('node', [CLI, 'config', 'check', file]);
     expect(r.stdout).toContain(': OK:');
-    expect(r.stdout).toMatch(/:2:\d+: listen\.proxy: warning: listener "proxy" on 0\.0\.0\.0:3128 serves any source \(0\.0\.0\.0\/0, ::\/0\) without credentials/);
-    const quiet = await run('node', [CLI, 'config', 'check', write(undefined, { listen: { proxy: '0.0.0.0:3128' }, policy })]);
+    expect(r.stdout).toMatch(/:\d+:\d+: listen\.proxy: warning: listener "proxy" on 0\.0\.0\.0:3128 serves any source \(0\.0\.0\.0\/0, ::\/0\) without credentials/);
+    const quiet = await run('node', [CLI, 'config', 'check', await write({ listen: { proxy: '0.0.0.0:3128' }, policy })]);
     expect(quiet.stdout + quiet.stderr).not.toContain('warning: listener');
   });
 
   it('names the key of an unknown user and of an unknown rule', async () => {
-    const file = write(undefined, {
+    const file = await write({
       listen: { proxy: '127.0.0.1:3128' },
       policy,
       clients: {
