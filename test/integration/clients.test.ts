@@ -3,7 +3,10 @@ import net, { type Socket } from 'node:net';
 import { promisify } from 'node:util';
 import { SocksClient } from 'socks';
 import { afterEach, describe, expect, it } from 'vitest';
-import { CLI, cleanEnv, eventually, startGateway, writeTestConfig, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
+import { join } from 'node:path';
+import { stringify } from 'yaml';
+import { parseConfig } from '../../src/config/load.js';
+import { CLI, cleanEnv, eventually, startGateway, testConfig, writeTestConfig, startTcpServer, type TestGateway, type TestServer } from '../helpers.js';
 
 /**
  * clients.allow on real sockets: listeners on 127.0.0.2 reached from source
@@ -111,6 +114,23 @@ describe('clients.allow on the HTTP listener', () => {
     const refused = await exchange(port, '127.0.0.2', '127.0.0.2', 'ping');
     expect(refused.data.length).toBe(0);
     expect(g.audit()).toEqual([expect.objectContaining({ event: 'egress.denied', reason: 'client_not_allowed', listener: 'fwd', proto: 'tcp' })]);
+  });
+});
+
+describe('clients and reload', () => {
+  it('a reloaded clients.allow applies to the next connection', async () => {
+    const echo = await echoServer();
+    const g = await gateway({ listen: { proxy: '127.0.0.2:0' }, clients: { allow: ['127.0.0.1/32'] }, policy: rules(echo.port) });
+    const port = g.gw.address('proxy').port;
+    expect((await connectFrom(port, '127.0.0.2', '127.0.0.2', `echo.test:${echo.port}`)).status).toBe(403);
+    const next = parseConfig(
+      stringify(await testConfig({ listen: { proxy: '127.0.0.2:0' }, dns: { hosts: { 'echo.test': '127.0.0.1' } }, clients: { allow: ['127.0.0.2/32'] }, policy: rules(echo.port) })),
+      join(g.dir, 'config.yaml'),
+    );
+    const problems = await g.gw.apply(next);
+    expect(problems).toEqual([]);
+    expect((await connectFrom(port, '127.0.0.2', '127.0.0.2', `echo.test:${echo.port}`)).status).toBe(200);
+    expect((await connectFrom(port, '127.0.0.2', '127.0.0.1', `echo.test:${echo.port}`)).status).toBe(403);
   });
 });
 
