@@ -4,6 +4,8 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
+import { Authenticator } from '../../src/access/auth.js';
+import { ClientAccess } from '../../src/access/clients.js';
 import { Audit } from '../../src/audit.js';
 import { parseConfig } from '../../src/config/load.js';
 import { keepAliveSettings } from '../../src/config/schema.js';
@@ -62,6 +64,8 @@ async function start(limits: Record<string, number> = {}, handshake = '2s'): Pro
     tunnels: new Set(),
     stopped: false,
     inflight: 0,
+    clients: new ClientAccess(config),
+    auth: new Authenticator(),
   };
   server = createTransparentServer(() => ctx, {
     name: 'transparent',
