@@ -58,11 +58,12 @@ export class Admission {
    * Count a new connection in, or say why it is refused. With `evict`
    * (listeners that read a request) it holds a handshake slot until
    * `handshakeDone`; `evict` drops it if newer connections need the slot.
-   * `forward` names a forward listener, judged by its own `clients` list.
+   * `forward` names a listener that carries no credentials (forward,
+   * transparent), judged by its own `clients` list or the entries without users.
    */
   enter(socket: Socket, evict?: (r: Refusal) => void, forward?: string): Refusal | undefined {
     if (this.clients && !this.clients().admits(socket.remoteAddress, forward)) {
-      const list = forward !== undefined ? `listen.forwards "${forward}" clients (or clients.allow)` : 'clients.allow';
+      const list = forward !== undefined ? `the clients of listener "${forward}" (or the clients.allow entries without users)` : 'clients.allow';
       return { reason: 'client_not_allowed', detail: `source ${socket.remoteAddress ?? 'unknown'} is not in ${list}` };
     }
     const l = this.limits();

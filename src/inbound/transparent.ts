@@ -62,7 +62,8 @@ export function createTransparentServer(ctx: () => EgressContext, opts: Transpar
     attempt.dest_host = address;
     attempt.dest_port = dst.port;
     let sniff: Sniffer | undefined;
-    const refused = opts.admission?.enter(socket, (r) => sniff?.drop(r));
+    // No credentials come this way: judged like a forward listener (clients.allow entries without users).
+    const refused = opts.admission?.enter(socket, (r) => sniff?.drop(r), opts.name);
     if (refused) {
       auditRefusal(ctx().audit, attempt, refused);
       return void socket.destroy();
