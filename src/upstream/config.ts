@@ -1,6 +1,7 @@
 import { z } from 'zod';
 import { normalizeHost } from '../policy/hostport.js';
-import { compilePattern, HostMatcher } from '../policy/patterns.js';
+import { pattern, port } from '../config/fields.js';
+import { HostMatcher } from '../policy/patterns.js';
 
 /**
  * `upstreams:`, `routes:` and `default_route:`. Parent URLs carry their
@@ -90,17 +91,6 @@ export const upstreamsSchema = (duration: z.ZodType<number, unknown>) => {
     return out;
   });
 };
-
-const pattern = z.string().transform((v, ctx) => {
-  try {
-    return compilePattern(v);
-  } catch (err) {
-    ctx.addIssue({ code: 'custom', message: (err as Error).message });
-    return z.NEVER;
-  }
-});
-
-const port = z.number().int().min(1, 'ports are 1-65535').max(65535, 'ports are 1-65535');
 
 /** One upstream name, or a list tried in order. */
 const via = z.union([z.string(), z.array(z.string()).min(1, 'list at least one upstream')], {
