@@ -1,8 +1,8 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { eventually, RawClient, startTcpServer, type TestServer } from '../helpers.js';
-import { connectTunnel, killChildren, refused, reload, roundTrip, serve, socksTunnel, writeConfig, type Served } from './serve-child.js';
+import { connectTunnel, NO_DNS, perTest, refused, reload, roundTrip, serve, socksTunnel, writeConfig, type Served } from './serve-child.js';
 
 /**
  * Graceful drain on a real `wa-egress serve` child and real signals: tunnels
@@ -11,25 +11,14 @@ import { connectTunnel, killChildren, refused, reload, roundTrip, serve, socksTu
  * connections are let go, and the process exits 0 with its records flushed.
  */
 
-let cleanup: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  killChildren();
-  for (const c of cleanup.reverse()) await c();
-  cleanup = [];
-});
-
-async function echoServer(): Promise<TestServer> {
-  const echo = await startTcpServer();
-  cleanup.push(() => echo.close());
-  return echo;
-}
+const { defer, echoServer } = perTest();
 
 /** Proxy, SOCKS and a forward to a.test; a.test and b.test are the echo on 127.0.0.1. */
 function config(echoPort: number, extra: Record<string, unknown> = {}, hosts = ['a.test', 'b.test'], ports: number[] = [echoPort]) {
   return {
     listen: { proxy: '127.0.0.1:0', socks: '127.0.0.1:0', forwards: [{ name: 'chatd', listen: '127.0.0.1:0', to: `a.test:${echoPort}` }] },
     policy: { rules: [{ name: 'chat', hosts, ports }], allow_ranges: ['127.0.0.1/32'] },
-    dns: { hosts: { 'a.test': '127.0.0.1', 'b.test': '127.0.0.1' } },
+    dns: { hosts: { 'a.test': '127.0.0.1', 'b.test': '127.0.0.1' }, servers: [NO_DNS] },
     audit: { file: 'audit.log' },
     ...extra,
   };
@@ -112,7 +101,7 @@ describe('graceful drain', () => {
       }
     });
     await new Promise<void>((r) => origin.listen(0, '127.0.0.1', () => r()));
-    cleanup.push(() => new Promise<void>((r) => origin.close(() => r())));
+    defer(() => new Promise<void>((r) => origin.close(() => r())));
     const originPort = (origin.address() as AddressInfo).port;
     const s = await start(config(echo.port, {}, ['a.test', 'b.test'], [echo.port, originPort]));
     const proxy = s.port('proxy');
@@ -157,7 +146,7 @@ describe('graceful drain', () => {
     const echo = await echoServer();
     const origin = http.createServer((_req, res) => res.end('ok'));
     await new Promise<void>((r) => origin.listen(0, '127.0.0.1', () => r()));
-    cleanup.push(() => new Promise<void>((r) => origin.close(() => r())));
+    defer(() => new Promise<void>((r) => origin.close(() => r())));
     const originPort = (origin.address() as AddressInfo).port;
     const s = await start(config(echo.port, { shutdown: { delay: '10m' } }, ['a.test'], [echo.port, originPort]));
     const n = s.logs().length;

@@ -1,10 +1,10 @@
 import { mkdirSync, mkdtempSync, renameSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { RawClient, startTcpServer, type TestServer } from '../helpers.js';
-import { connectTunnel, killChildren, refused, reload, roundTrip, serve, socksTunnel, writeConfig, type Served } from './serve-child.js';
+import { connectTunnel, NO_DNS, perTest, refused, reload, roundTrip, serve, socksTunnel, writeConfig, type Served } from './serve-child.js';
 
 /**
  * Hot reload on a real `wa-egress serve` child: SIGHUP and watched files
@@ -13,18 +13,7 @@ import { connectTunnel, killChildren, refused, reload, roundTrip, serve, socksTu
  * rebinding and an audit destination that moves without losing a record.
  */
 
-let cleanup: (() => Promise<void> | void)[] = [];
-afterEach(async () => {
-  killChildren();
-  for (const c of cleanup.reverse()) await c();
-  cleanup = [];
-});
-
-async function echoServer(): Promise<TestServer> {
-  const echo = await startTcpServer();
-  cleanup.push(() => echo.close());
-  return echo;
-}
+const { defer, echoServer } = perTest();
 
 const names = { 'a.test': '127.0.0.1', 'b.test': '127.0.0.1', 'c.test': '127.0.0.1' };
 
@@ -33,7 +22,7 @@ function config(echoPort: number, hosts: string[], extra: Record<string, unknown
   return {
     listen: { proxy: '127.0.0.1:0' },
     policy: { rules: [{ name: 'chat', hosts, ports: [echoPort] }], allow_ranges: ['127.0.0.1/32'] },
-    dns: { hosts: names },
+    dns: { hosts: names, servers: [NO_DNS] },
     audit: { file: 'audit.log' },
     ...extra,
   };
@@ -238,7 +227,7 @@ describe('hot reload', () => {
 
     // A new address that cannot be bound: the listener stays where it was.
     const squatter = await startTcpServer('127.0.0.1');
-    cleanup.push(() => squatter.close());
+    defer(() => squatter.close());
     s.rewrite({ ...config(echo.port, ['a.test']), listen: { ...moved, proxy: `127.0.0.1:${squatter.port}` } });
     n = s.logs().length;
     expect((await reload(s)).problems).toEqual([expect.stringContaining('EADDRINUSE')]);

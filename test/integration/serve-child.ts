@@ -4,7 +4,8 @@ import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { stringify } from 'yaml';
-import { eventually, RawClient, type AuditRecord } from '../helpers.js';
+import { afterEach } from 'vitest';
+import { cleanEnv, eventually, RawClient, startTcpServer, type AuditRecord, type TestServer } from '../helpers.js';
 
 /**
  * `wa-egress serve` as a child process, driven by real signals: its
@@ -31,6 +32,30 @@ export interface Served {
   rewrite(config: object): void;
 }
 
+/** For `dns.servers` in child configs: loopback, where no DNS server answers, so the system resolver is never asked. */
+export const NO_DNS = '127.0.0.1:9';
+
+/**
+ * Per-test cleanup for a test file: after each test the children are
+ * killed, then what `defer` registered runs (last first).
+ */
+export function perTest(): { defer(fn: () => Promise<void> | void): void; echoServer(): Promise<TestServer> } {
+  let fns: (() => Promise<void> | void)[] = [];
+  afterEach(async () => {
+    killChildren();
+    for (const fn of fns.reverse()) await fn();
+    fns = [];
+  });
+  return {
+    defer: (fn) => void fns.push(fn),
+    async echoServer() {
+      const echo = await startTcpServer();
+      fns.push(() => echo.close());
+      return echo;
+    },
+  };
+}
+
 const children = new Set<ChildProcess>();
 export function killChildren(): void {
   for (const c of children) c.kill('SIGKILL');
@@ -45,7 +70,7 @@ export function writeConfig(config: object, dir = mkdtempSync(join(tmpdir(), 'wa
 
 /** Start serve on `file` and wait until `listeners` are all listening. */
 export async function serve(file: string, dir: string, listeners: string[]): Promise<Served> {
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', file], { stdio: ['ignore', 'pipe', 'pipe'], env: cleanEnv() });
   children.add(child);
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
