@@ -1,7 +1,8 @@
 // Socket options Node.js does not expose, on a connected socket's descriptor:
 // TCP keepalive timing and TCP_USER_TIMEOUT (set and read back), and the
 // original destination of a connection redirected by iptables (REDIRECT or
-// TPROXY-less DNAT) for the transparent gateway. Linux only; every failure
+// TPROXY-less DNAT) for the transparent gateway, and the IP_TRANSPARENT
+// listening socket TPROXY needs. Linux only; every failure
 // throws an Error whose `code` is the errno name (EBADF, ENOPROTOOPT, ...).
 #include <napi.h>
 
@@ -9,6 +10,9 @@
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
+
+#include <fcntl.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -36,6 +40,10 @@ const char* ErrnoName(int err) {
     case ENOTCONN: return "ENOTCONN";
     case EPERM: return "EPERM";
     case EAFNOSUPPORT: return "EAFNOSUPPORT";
+    case EACCES: return "EACCES";
+    case EADDRINUSE: return "EADDRINUSE";
+    case EADDRNOTAVAIL: return "EADDRNOTAVAIL";
+    case EMFILE: return "EMFILE";
     default: return "EUNKNOWN";
   }
 }
@@ -152,10 +160,61 @@ Napi::Value OriginalDst(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// transparentListen(address, port, backlog) -> fd: a listening TCP socket
+// with IP_TRANSPARENT (IPv4) or IPV6_TRANSPARENT (IPv6, dual-stack for ::)
+// set before bind, as TPROXY needs: the kernel hands a TPROXY'd connection
+// only to such a socket. Non-blocking and close-on-exec, for Node's
+// `server.listen({ fd })`. EPERM without CAP_NET_ADMIN.
+Napi::Value TransparentListen(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  int port, backlog;
+  if (info.Length() < 1 || !info[0].IsString()) {
+    Napi::TypeError::New(env, "argument 0 must be an IP address string").ThrowAsJavaScriptException();
+    return env.Undefined();
+  }
+  if (!IntArg(info, 1, &port) || !IntArg(info, 2, &backlog)) return env.Undefined();
+  std::string text = info[0].As<Napi::String>().Utf8Value();
+  sockaddr_storage addr{};
+  socklen_t len;
+  bool v6 = text.find(':') != std::string::npos;
+  if (v6) {
+    auto* a = reinterpret_cast<sockaddr_in6*>(&addr);
+    a->sin6_family = AF_INET6;
+    a->sin6_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET6, text.c_str(), &a->sin6_addr) != 1) return Throw(env, "inet_pton", EINVAL);
+    len = sizeof *a;
+  } else {
+    auto* a = reinterpret_cast<sockaddr_in*>(&addr);
+    a->sin_family = AF_INET;
+    a->sin_port = htons(static_cast<uint16_t>(port));
+    if (inet_pton(AF_INET, text.c_str(), &a->sin_addr) != 1) return Throw(env, "inet_pton", EINVAL);
+    len = sizeof *a;
+  }
+  int fd = socket(v6 ? AF_INET6 : AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, IPPROTO_TCP);
+  if (fd < 0) return Throw(env, "socket", errno);
+  auto fail = [&](const char* call) {
+    int err = errno;
+    close(fd);
+    return Throw(env, call, err);
+  };
+  if (!SetInt(fd, SOL_SOCKET, SO_REUSEADDR, 1)) return fail("setsockopt(SO_REUSEADDR)");
+  if (v6) {
+    // "::" takes IPv4 too, as Node's own listeners do.
+    if (!SetInt(fd, IPPROTO_IPV6, IPV6_V6ONLY, 0)) return fail("setsockopt(IPV6_V6ONLY)");
+    if (!SetInt(fd, SOL_IPV6, IPV6_TRANSPARENT, 1)) return fail("setsockopt(IPV6_TRANSPARENT)");
+  } else if (!SetInt(fd, SOL_IP, IP_TRANSPARENT, 1)) {
+    return fail("setsockopt(IP_TRANSPARENT)");
+  }
+  if (bind(fd, reinterpret_cast<sockaddr*>(&addr), len) != 0) return fail("bind");
+  if (listen(fd, backlog) != 0) return fail("listen");
+  return Napi::Number::New(env, fd);
+}
+
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("setTcpOptions", Napi::Function::New(env, SetTcpOptions));
   exports.Set("getTcpOptions", Napi::Function::New(env, GetTcpOptions));
   exports.Set("originalDst", Napi::Function::New(env, OriginalDst));
+  exports.Set("transparentListen", Napi::Function::New(env, TransparentListen));
   return exports;
 }
 

@@ -14,6 +14,7 @@ import { createHttpProxy } from './inbound/http.js';
 import { createSocksServer } from './inbound/socks.js';
 import { createTransparentServer, transparentUnavailable } from './inbound/transparent.js';
 import type { Logger } from './log.js';
+import { localDestination, transparentListen } from './native/sockopt.js';
 import { fdLimit as readFdLimit } from './limits.js';
 import { SelfAddresses } from './net/self.js';
 import type { Target } from './policy/hostport.js';
@@ -37,6 +38,8 @@ interface ListenerSpec {
   kind: Kind;
   at: ListenAddress;
   to?: Target;
+  /** The transparent listener's: TPROXY needs its own socket and reads destinations differently. */
+  mode?: 'redirect' | 'tproxy';
 }
 
 interface Listener extends ListenerSpec {
@@ -204,9 +207,10 @@ export class Gateway {
     if (spec.kind === 'socks') return { ...spec, server: createSocksServer(ctx, common) };
     if (spec.kind === 'transparent') {
       // Without SO_ORIGINAL_DST every intercepted connection would be unjudgeable: refuse to start.
-      const why = transparentUnavailable(spec.at);
+      const why = transparentUnavailable(spec.at, spec.mode);
       if (why) throw new Error(why);
-      return { ...spec, server: createTransparentServer(ctx, common) };
+      const lookup = spec.mode === 'tproxy' ? { originalDestination: localDestination } : {};
+      return { ...spec, server: createTransparentServer(ctx, Object.assign(common, lookup)) };
     }
     const forward: ForwardListenerOptions = { name: spec.name, to: spec.to!, nextId, admission };
     return { ...spec, server: createForwardServer(ctx, forward), forward };
@@ -225,7 +229,7 @@ export class Gateway {
         reject(Object.assign(err, { listener: spec.name }));
       };
       server.once('error', failed);
-      server.listen({ host, port, ipv6Only: host === '::' ? false : undefined }, () => {
+      const bound = () => {
         server.removeListener('error', failed);
         server.on('error', (err) => this.log?.error({ err, listener: spec.name }, 'listener error'));
         this.limitConnections(spec.name, server);
@@ -243,7 +247,16 @@ export class Gateway {
         this.listeners.set(spec.name, l);
         this.log?.info({ listener: spec.name, address: formatClient(a.address, a.port) }, 'listening');
         resolve(l);
-      });
+      };
+      if (spec.mode !== 'tproxy') return void server.listen({ host, port, ipv6Only: host === '::' ? false : undefined }, bound);
+      // TPROXY: the kernel delivers only to a socket made transparent before bind, which Node cannot make.
+      let fd: number;
+      try {
+        fd = transparentListen(host, port);
+      } catch (err) {
+        return failed(err as Error);
+      }
+      server.listen({ fd }, bound);
     });
   }
 
@@ -327,9 +340,25 @@ export class Gateway {
     for (const spec of wanted) {
       const had = this.listeners.get(spec.name);
       if (had?.forward && spec.to) had.forward.to = spec.to;
-      if (had && had.at.host === spec.at.host && had.at.port === spec.at.port) continue;
+      const same = had && had.at.host === spec.at.host && had.at.port === spec.at.port;
+      if (same && had.mode === spec.mode) continue;
       // While draining, listeners stay closed.
       if (!this.accepting) continue;
+      if (same) {
+        // The mode changed at the same address: the old socket must go first (both cannot bind it).
+        this.listeners.delete(spec.name);
+        // close() frees the port at once; its open connections stay.
+        void this.stopServer(had.server);
+        try {
+          await this.bind(spec);
+          this.log?.info({ listener: spec.name, mode: spec.mode }, 'transparent listener rebound in its new mode; its open connections stay');
+        } catch (err) {
+          const e = err as NodeJS.ErrnoException;
+          problems.push(`${spec.name}: cannot listen on ${spec.at.text} (${spec.mode}): ${e.code ?? e.message}`);
+          this.log?.error({ err, listener: spec.name, address: spec.at.text }, 'cannot rebind the listener in its new mode; it is not accepting');
+        }
+        continue;
+      }
       try {
         await this.bind(spec);
       } catch (err) {
@@ -423,7 +452,7 @@ function listenerSpecs(config: Config): ListenerSpec[] {
   const specs: ListenerSpec[] = [];
   if (proxy) specs.push({ name: 'proxy', kind: 'proxy', at: proxy });
   if (socks) specs.push({ name: 'socks', kind: 'socks', at: socks });
-  if (transparent) specs.push({ name: 'transparent', kind: 'transparent', at: transparent });
+  if (transparent) specs.push({ name: 'transparent', kind: 'transparent', at: transparent, mode: config.listen.transparent_mode });
   for (const f of forwards) specs.push({ name: f.name, kind: 'forward', at: f.listen, to: f.to });
   return specs;
 }

@@ -94,6 +94,7 @@ type Listeners = {
   proxy?: ListenAddress;
   socks?: ListenAddress;
   transparent?: ListenAddress;
+  transparent_mode?: 'redirect' | 'tproxy';
   admin?: ListenAddress;
   forwards: { name: string; listen: ListenAddress }[];
 };
@@ -110,6 +111,9 @@ function checkListeners(l: Listeners, ctx: z.RefinementCtx): void {
   if (l.admin) all.push({ path: ['admin'], name: 'admin', at: l.admin });
   if (proxying === 0) {
     ctx.addIssue({ code: 'custom', message: 'at least one listener is needed (listen.proxy, listen.socks, listen.transparent or listen.forwards)' });
+  }
+  if (l.transparent_mode === 'tproxy' && !l.transparent) {
+    ctx.addIssue({ code: 'custom', path: ['transparent_mode'], message: 'tproxy is the mode of listen.transparent, which is not set' });
   }
   const wildcard = (h: string) => h === '0.0.0.0' || h === '::';
   all.forEach((a, i) => {
@@ -244,6 +248,8 @@ export function configSchema(baseDir: string) {
         proxy: listenAddress.optional(),
         socks: listenAddress.optional(),
         transparent: listenAddress.optional(),
+        /** How connections reach listen.transparent: REDIRECT/DNAT (SO_ORIGINAL_DST) or TPROXY (the local address). */
+        transparent_mode: z.enum(['redirect', 'tproxy']).default('redirect'),
         admin: listenAddress.optional(),
         forwards: z.array(forward).default([]),
       })

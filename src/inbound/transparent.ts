@@ -10,8 +10,9 @@ import { MAX_HELLO_BYTES, parseClientHello, type HelloResult } from './sni.js';
 
 /**
  * The transparent listener: connections the network redirected to the
- * gateway (nftables/iptables REDIRECT or DNAT) are judged by their original
- * destination (SO_ORIGINAL_DST) and, when the client opens with a TLS
+ * gateway (nftables/iptables REDIRECT or DNAT, or TPROXY) are judged by
+ * their original destination (SO_ORIGINAL_DST; under TPROXY the accepted
+ * socket's own local address) and, when the client opens with a TLS
  * ClientHello, by the server name it asks for. The first bytes are read
  * (up to one ClientHello, at most `handshakeTimeoutMs`) without being lost:
  * they are forwarded first once the tunnel is open.
@@ -30,14 +31,15 @@ export interface TransparentListenerOptions {
   nextId: () => string;
   /** Connection limits (admission.ts); the wait for the first bytes holds a handshake slot. */
   admission?: Admission;
-  /** Where a connection was going: SO_ORIGINAL_DST by default. */
+  /** Where a connection was going: SO_ORIGINAL_DST by default (REDIRECT); the local address under TPROXY. */
   originalDestination?: (socket: Socket) => OriginalDestination;
 }
 
 /** Why a transparent listener at `at` cannot run here (no addon: no original destinations), or undefined. */
-export function transparentUnavailable(at: ListenAddress): string | undefined {
+export function transparentUnavailable(at: ListenAddress, mode: 'redirect' | 'tproxy' = 'redirect'): string | undefined {
   const why = nativeUnavailableReason();
-  return why && `listen.transparent ${at.text}: needs the native addon to read each connection's original destination (SO_ORIGINAL_DST): ${why}`;
+  const need = mode === 'tproxy' ? 'to open an IP_TRANSPARENT listening socket (TPROXY)' : "to read each connection's original destination (SO_ORIGINAL_DST)";
+  return why && `listen.transparent ${at.text}: needs the native addon ${need}: ${why}`;
 }
 
 export function createTransparentServer(ctx: () => EgressContext, opts: TransparentListenerOptions): net.Server {

@@ -28,6 +28,7 @@ interface Addon {
   setTcpOptions(fd: number, idleSec: number, intervalSec: number, count: number, userTimeoutMs: number): void;
   getTcpOptions(fd: number): TcpOptions;
   originalDst(fd: number): OriginalDestination;
+  transparentListen(address: string, port: number, backlog: number): number;
 }
 
 /**
@@ -147,4 +148,42 @@ export function originalDestination(socket: Socket): OriginalDestination {
     throw new SockoptError('ENOTREDIRECTED', 'no original destination: the connection was addressed to the gateway itself');
   }
   return dst;
+}
+
+/** Node's own default listen backlog. */
+const BACKLOG = 511;
+
+/**
+ * A listening TCP socket at `address:port` with IP_TRANSPARENT /
+ * IPV6_TRANSPARENT set before bind, which the kernel requires before it
+ * delivers TPROXY'd connections to it; returns the descriptor for
+ * `server.listen({ fd })`. Throws SockoptError: `ENATIVE`, `EPERM` (needs
+ * CAP_NET_ADMIN), `EADDRINUSE`, ...
+ */
+export function transparentListen(address: string, port: number): number {
+  const a = load();
+  if (!a) throw new SockoptError('ENATIVE', `native socket options unavailable: ${whyNot}`);
+  return call(() => {
+    try {
+      return a.transparentListen(address, port, BACKLOG);
+    } catch (err) {
+      const e = err as Error & { code?: string };
+      if (e.code === 'EPERM' || e.code === 'EACCES') {
+        throw Object.assign(new Error(`${e.message}: IP_TRANSPARENT needs CAP_NET_ADMIN (run as root or grant the capability)`), { code: 'EPERM' });
+      }
+      throw err;
+    }
+  });
+}
+
+/**
+ * Where a TPROXY'd connection was going: the accepted socket's local
+ * address (the kernel keeps the original destination there). A connection
+ * made to the listener itself is caught by the loop check of decide.ts.
+ */
+export function localDestination(socket: Socket): OriginalDestination {
+  const address = socket.localAddress?.replace(/^::ffff:(?=\d+\.)/, '');
+  const port = socket.localPort;
+  if (!address || !port) throw new SockoptError('ENOFD', 'the socket has no local address (closed)');
+  return { address, port, family: address.includes(':') ? 6 : 4 };
 }
