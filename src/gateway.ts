@@ -16,6 +16,7 @@ import { createTransparentServer, transparentUnavailable } from './inbound/trans
 import type { Logger } from './log.js';
 import { localDestination, transparentListen } from './native/sockopt.js';
 import { fdLimit as readFdLimit } from './limits.js';
+import { canonicalIp } from './net/ip.js';
 import { SelfAddresses } from './net/self.js';
 import type { Target } from './policy/hostport.js';
 import { RangeFeeds } from './ranges/feeds.js';
@@ -209,7 +210,9 @@ export class Gateway {
       // Without SO_ORIGINAL_DST every intercepted connection would be unjudgeable: refuse to start.
       const why = transparentUnavailable(spec.at, spec.mode);
       if (why) throw new Error(why);
-      const lookup = spec.mode === 'tproxy' ? { originalDestination: localDestination } : {};
+      // TPROXY: the local address is the destination; one of our own listeners' is a loop, as under REDIRECT.
+      const own = (address: string, port: number) => this.self.has(canonicalIp(address)?.ip ?? address, port);
+      const lookup = spec.mode === 'tproxy' ? { originalDestination: (s: net.Socket) => localDestination(s, own) } : {};
       return { ...spec, server: createTransparentServer(ctx, Object.assign(common, lookup)) };
     }
     const forward: ForwardListenerOptions = { name: spec.name, to: spec.to!, nextId, admission };

@@ -178,12 +178,16 @@ export function transparentListen(address: string, port: number): number {
 
 /**
  * Where a TPROXY'd connection was going: the accepted socket's local
- * address (the kernel keeps the original destination there). A connection
- * made to the listener itself is caught by the loop check of decide.ts.
+ * address (the kernel keeps the original destination there). Throws
+ * SockoptError `ENOTREDIRECTED` where `isOwn` says that address is one of
+ * the gateway's own listeners (a client connected to it directly: a loop).
  */
-export function localDestination(socket: Socket): OriginalDestination {
+export function localDestination(socket: Socket, isOwn: (address: string, port: number) => boolean = () => false): OriginalDestination {
   const address = socket.localAddress?.replace(/^::ffff:(?=\d+\.)/, '');
   const port = socket.localPort;
   if (!address || !port) throw new SockoptError('ENOFD', 'the socket has no local address (closed)');
+  if (isOwn(address, port)) {
+    throw new SockoptError('ENOTREDIRECTED', 'no original destination: the connection was addressed to the gateway itself');
+  }
   return { address, port, family: address.includes(':') ? 6 : 4 };
 }

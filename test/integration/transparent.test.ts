@@ -1,10 +1,28 @@
-import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
-import { existsSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { nativeUnavailableReason } from '../../src/native/sockopt.js';
+import {
+  buildNetwork,
+  CLIENT_IP,
+  curl as runCurl,
+  GW_IP,
+  has,
+  inNs,
+  type Proc,
+  makeCertificate,
+  must,
+  OTHER_IP,
+  raw as rawClient,
+  record as waitRecord,
+  SERVER_IP,
+  SERVERS,
+  sh,
+  teardown,
+} from './netns-fixture.js';
 
 /**
  * The transparent gateway on a real network: client, gateway and server
@@ -22,21 +40,6 @@ import { nativeUnavailableReason } from '../../src/native/sockopt.js';
 
 const CLI = resolve(import.meta.dirname, '../../dist/cli.js');
 const ns = { client: `wat${process.pid}c`, gateway: `wat${process.pid}g`, server: `wat${process.pid}s` };
-const GW_IP = '10.233.1.1';
-const CLIENT_IP = '10.233.1.2';
-const SERVER_IP = '10.233.2.2';
-const OTHER_IP = '10.233.2.3';
-
-function sh(cmd: string, ...args: string[]): { ok: boolean; out: string; status: number | null } {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', env: { PATH: process.env.PATH }, timeout: 20_000 });
-  return { ok: r.status === 0, status: r.status, out: `${r.stdout ?? ''}${r.stderr ?? ''}${r.error ? r.error.message : ''}` };
-}
-function must(cmd: string, ...args: string[]): string {
-  const r = sh(cmd, ...args);
-  if (!r.ok) throw new Error(`${cmd} ${args.join(' ')}: ${r.out}`);
-  return r.out;
-}
-const has = (tool: string, ...args: string[]) => sh(tool, ...args).status === 0;
 
 /** How REDIRECT rules are made here ('nft' or 'iptables'), or why this test cannot run. */
 function probe(): { how?: 'nft' | 'iptables'; why?: string } {
@@ -66,76 +69,6 @@ function NFT_RULES(port: number): string {
 
 const { how, why } = probe();
 if (why) console.warn(`transparent.test.ts skipped: ${why}`);
-
-/** A process whose output lines are kept, with a promise for a line that matches. */
-class Proc {
-  readonly lines: string[] = [];
-  exited = false;
-  private waiters: { re: RegExp; resolve: (l: string) => void }[] = [];
-  constructor(readonly child: ChildProcess) {
-    for (const stream of [child.stdout!, child.stderr!]) {
-      let partial = '';
-      stream.setEncoding('utf8').on('data', (d: string) => {
-        partial += d;
-        const parts = partial.split('\n');
-        partial = parts.pop()!;
-        for (const l of parts) this.line(l);
-      });
-    }
-    child.on('exit', () => {
-      this.exited = true;
-      this.line('EXITED');
-    });
-  }
-  private line(l: string): void {
-    this.lines.push(l);
-    this.waiters = this.waiters.filter((w) => !(w.re.test(l) && (w.resolve(l), true)));
-  }
-  waitFor(re: RegExp, ms: number): Promise<string> {
-    const seen = this.lines.find((l) => re.test(l));
-    if (seen) return Promise.resolve(seen);
-    return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`${re}: not seen within ${ms} ms; got:\n${this.lines.join('\n')}`)), ms);
-      this.waiters.push({ re, resolve: (l) => (clearTimeout(timer), resolve(l)) });
-    });
-  }
-  kill(): void {
-    if (!this.exited) this.child.kill('SIGKILL');
-  }
-}
-
-const procs: Proc[] = [];
-function inNs(name: string, args: string[]): Proc {
-  const p = new Proc(spawn('ip', ['netns', 'exec', name, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { PATH: process.env.PATH } }));
-  procs.push(p);
-  return p;
-}
-
-// TLS on 443 and 8443 (answers one HTTP request), echo on 5222; every address of the namespace.
-const SERVERS = `
-const fs = require('fs'), net = require('net'), tls = require('tls');
-const [key, cert] = process.argv.slice(1).map((f) => fs.readFileSync(f));
-const answer = (s) => { s.on('error', () => {}); s.once('data', () => s.end('HTTP/1.1 200 OK\\r\\nContent-Length: 9\\r\\nConnection: close\\r\\n\\r\\nserver-ok')); };
-let n = 0;
-const up = () => { if (++n === 5) console.log('READY'); };
-tls.createServer({ key, cert }, answer).listen(443, '0.0.0.0', up);
-tls.createServer({ key, cert }, answer).listen(8443, '0.0.0.0', up);
-// A protocol whose server speaks first.
-net.createServer((s) => { s.on('error', () => {}); s.end('220 banner\\r\\n'); }).listen(2525, '0.0.0.0', up);
-for (const port of [5222, 5223]) net.createServer({ allowHalfOpen: true }, (s) => { s.on('error', () => {}); s.pipe(s); }).listen(port, '0.0.0.0', up);
-`;
-
-// Send one line, print what comes back and how the connection ended.
-const RAW = `
-const net = require('net');
-const [host, port] = process.argv.slice(1);
-const s = net.connect({ host, port: Number(port) }, () => s.write('ping-through-gateway'));
-let got = '';
-s.on('data', (d) => { got += d; if (got.includes('ping-through-gateway')) { console.log('ECHO ' + got); s.end(); } });
-s.on('error', (e) => console.log('ERROR ' + e.code));
-s.on('close', () => { console.log('CLOSED ' + (got ? 'with-data' : 'no-data')); process.exit(0); });
-setTimeout(() => { console.log('HUNG'); process.exit(0); }, 15000);
-`;
 
 // TLS whose ClientHello goes out in two segments 300 ms apart; prints the server's answer.
 const SPLIT = `
@@ -175,53 +108,15 @@ let auditFile: string;
 let gateway: Proc;
 let gwPort: number;
 
-function records(): Record<string, unknown>[] {
-  if (!existsSync(auditFile)) return [];
-  return readFileSync(auditFile, 'utf8')
-    .split('\n')
-    .filter(Boolean)
-    .map((l) => JSON.parse(l) as Record<string, unknown>);
-}
-
-/** The first record that matches, waiting for it (records of a close come a little after the client sees it). */
-async function record(match: Record<string, unknown>, ms = 10_000): Promise<Record<string, unknown>> {
-  for (const end = Date.now() + ms; Date.now() < end; ) {
-    const r = records().find((rec) => Object.entries(match).every(([k, v]) => rec[k] === v));
-    if (r) return r;
-    await new Promise((r) => setTimeout(r, 50));
-  }
-  throw new Error(`no record like ${JSON.stringify(match)}; have:\n${records().map((r) => JSON.stringify(r)).join('\n')}`);
-}
-
-function curl(...args: string[]): { ok: boolean; out: string; status: number | null } {
-  return sh('ip', 'netns', 'exec', ns.client, 'curl', '-q', '-sS', '--max-time', '15', '--cacert', join(dir, 'cert.pem'), ...args);
-}
-
-async function raw(host: string, port: number): Promise<string[]> {
-  const p = inNs(ns.client, [process.execPath, '-e', RAW, host, String(port)]);
-  await p.waitFor(/^EXITED$/, 20_000);
-  return p.lines;
-}
+const record = (match: Record<string, unknown>, ms?: number) => waitRecord(auditFile, match, ms);
+const curl = (...args: string[]) => runCurl(ns, dir, ...args);
+const raw = (host: string, port: number) => rawClient(ns, host, port);
 
 beforeAll(async () => {
   if (why) return;
   dir = mkdtempSync(join(tmpdir(), 'wa-egress-transparent-'));
-  must('openssl', 'req', '-x509', '-newkey', 'rsa:2048', '-nodes', '-days', '1', '-subj', '/CN=allowed.test',
-    '-addext', 'subjectAltName=DNS:allowed.test,DNS:denied.test,IP:10.233.2.2',
-    '-keyout', join(dir, 'key.pem'), '-out', join(dir, 'cert.pem'));
-  for (const n of Object.values(ns)) must('ip', 'netns', 'add', n);
-  must('ip', '-n', ns.gateway, 'link', 'add', 'gc', 'type', 'veth', 'peer', 'name', 'cg', 'netns', ns.client);
-  must('ip', '-n', ns.gateway, 'link', 'add', 'gs', 'type', 'veth', 'peer', 'name', 'sg', 'netns', ns.server);
-  must('ip', '-n', ns.client, 'addr', 'add', `${CLIENT_IP}/24`, 'dev', 'cg');
-  must('ip', '-n', ns.gateway, 'addr', 'add', `${GW_IP}/24`, 'dev', 'gc');
-  must('ip', '-n', ns.gateway, 'addr', 'add', '10.233.2.1/24', 'dev', 'gs');
-  must('ip', '-n', ns.server, 'addr', 'add', `${SERVER_IP}/24`, 'dev', 'sg');
-  must('ip', '-n', ns.server, 'addr', 'add', `${OTHER_IP}/24`, 'dev', 'sg');
-  for (const [n, dev] of [[ns.client, 'cg'], [ns.gateway, 'gc'], [ns.gateway, 'gs'], [ns.server, 'sg']] as const) {
-    must('ip', '-n', n, 'link', 'set', dev, 'up');
-    must('ip', '-n', n, 'link', 'set', 'lo', 'up');
-  }
-  must('ip', '-n', ns.client, 'route', 'add', 'default', 'via', GW_IP);
+  makeCertificate(dir);
+  buildNetwork(ns);
 
   const servers = inNs(ns.server, [process.execPath, '-e', SERVERS, join(dir, 'key.pem'), join(dir, 'cert.pem')]);
   await servers.waitFor(/^READY$/, 10_000);
@@ -257,8 +152,7 @@ beforeAll(async () => {
 
 afterAll(() => {
   if (why) return;
-  for (const p of procs) p.kill();
-  for (const n of Object.values(ns)) sh('ip', 'netns', 'del', n);
+  teardown(ns);
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 
