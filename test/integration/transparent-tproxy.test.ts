@@ -1,4 +1,5 @@
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { chmodSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -149,5 +150,45 @@ describe.skipIf(!!why)(`transparent gateway with TPROXY in network namespaces ($
     expect(await raw(GW_IP, gwPort)).toContain('CLOSED no-data');
     const loop = await record({ event: 'egress.denied', reason: 'loop' });
     expect(loop).toMatchObject({ proto: 'transparent', enforced: true });
+  });
+});
+
+describe('transparent_mode: tproxy outside namespaces', () => {
+  const asNobody = process.getuid?.() === 0 && has('setpriv', '--version') && !nativeUnavailableReason();
+  if (!asNobody) console.warn('transparent-tproxy.test.ts: the CAP_NET_ADMIN test is skipped: needs root, setpriv and the native addon');
+
+  function config(d: string, listen: Record<string, string>): string {
+    const file = join(d, 'config.yaml');
+    writeFileSync(file, stringify({ listen, policy: { rules: [] }, dns: { servers: ['127.0.0.1:9'] }, audit: { file: join(d, 'a.log') } }));
+    return file;
+  }
+
+  it.skipIf(!asNobody)('without CAP_NET_ADMIN the gateway does not start, and says what it needs', () => {
+    const d = mkdtempSync(join(tmpdir(), 'wa-egress-tproxy-'));
+    try {
+      chmodSync(d, 0o777);
+      const file = config(d, { transparent: '127.0.0.1:0', transparent_mode: 'tproxy' });
+      chmodSync(file, 0o644);
+      const r = spawnSync('setpriv', ['--reuid', '65534', '--regid', '65534', '--clear-groups', process.execPath, CLI, 'serve', '--config', file], {
+        encoding: 'utf8',
+        env: { PATH: process.env.PATH },
+        timeout: 20_000,
+      });
+      expect(r.status).toBe(1);
+      expect(r.stderr).toMatch(/listen\.transparent.*IP_TRANSPARENT.*needs CAP_NET_ADMIN.*EPERM/);
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
+  });
+
+  it('a mode without listen.transparent is a config error naming the key', () => {
+    const d = mkdtempSync(join(tmpdir(), 'wa-egress-tproxy-'));
+    try {
+      const r = spawnSync(process.execPath, [CLI, 'config', 'check', config(d, { proxy: '127.0.0.1:0', transparent_mode: 'tproxy' })], { encoding: 'utf8', env: { PATH: process.env.PATH }, timeout: 20_000 });
+      expect(r.status).not.toBe(0);
+      expect(r.stderr).toContain('listen.transparent_mode: tproxy is the mode of listen.transparent, which is not set');
+    } finally {
+      rmSync(d, { recursive: true, force: true });
+    }
   });
 });
