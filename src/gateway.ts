@@ -225,11 +225,12 @@ export class Gateway {
     const { server } = l;
     const { host, port } = spec.at;
     return new Promise((resolve, reject) => {
-      const failed = (err: Error) => {
+      const failed = (err: NodeJS.ErrnoException & { address?: string; port?: number }) => {
         // Not bound: its own timers (the HTTP head checks) stop too.
         server.close();
-        // The listener's name goes with a bind error, so serve can point at its key.
-        reject(Object.assign(err, { listener: spec.name }));
+        // The listener's name and address go with a bind error, so serve can point at its key
+        // (the addon's TPROXY socket fails before Node knows the address).
+        reject(Object.assign(err, { listener: spec.name, address: err.address ?? host, port: err.port ?? port }));
       };
       server.once('error', failed);
       const bound = () => {
