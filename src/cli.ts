@@ -6,6 +6,7 @@ import { auditSummary } from './commands/audit-summary.js';
 import { checkNetworkCommand } from './commands/check-network.js';
 import { configCheck } from './commands/config-check.js';
 import { exportCommand } from './commands/export.js';
+import { health } from './commands/health.js';
 import { passwd } from './commands/passwd.js';
 import { policyExplain } from './commands/policy-explain.js';
 import { policySuggest } from './commands/policy-suggest.js';
@@ -14,7 +15,7 @@ import { serve } from './commands/serve.js';
 
 /** argv → the command it names → run. One file per verb lives in commands/. */
 
-const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest, auditSummary, auditReport, checkNetworkCommand, passwd];
+const COMMANDS: readonly Command[] = [serve, configCheck, exportCommand, policySuggest, policyExplain, policyTest, auditSummary, auditReport, checkNetworkCommand, passwd, health];
 
 function mainHelp(): string {
   return `Usage: wa-egress <command> [options]

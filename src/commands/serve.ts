@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
-import { DEFAULT_CONFIG, summarize } from '../config/load.js';
+import { summarize } from '../config/load.js';
 import { keepAliveSettings, type Config } from '../config/schema.js';
+import { serveConfigPath } from '../config/serve-path.js';
 import { Gateway } from '../gateway.js';
 import { createLogger } from '../log.js';
 import { keepaliveMode } from '../native/sockopt.js';
@@ -16,14 +17,16 @@ const help = `Usage: wa-egress serve [--config FILE]
 
 Run the gateway: the HTTP proxy (CONNECT and absolute-form HTTP), the SOCKS5
 listener and raw TCP forward listeners the configuration names. Without
---config the bundled config/default.yaml is used: the WhatsApp Business API
-policy, listening on 0.0.0.0:3128, audit on stdout. The configuration is
+--config, WA_EGRESS_CONFIG names the file; without either,
+/etc/wa-egress/config.yaml is read when it exists, else the bundled
+config/default.yaml: the WhatsApp Business API policy, listening on
+0.0.0.0:3128, audit on stdout. The configuration is
 checked as \`config check\` checks it; any problem (a bad key, an audit path
 that cannot be written, a listener that cannot bind) is printed as
 file:line:column: key.path: message, and the exit code is 1.
 
 Options:
-  -c, --config FILE   configuration file (YAML)
+  -c, --config FILE   configuration file (YAML; default: see above)
   -h, --help          show this help
 
 Signals:
@@ -50,7 +53,7 @@ async function run(args: string[]): Promise<void> {
   // Until the gateway runs, a SIGHUP (whose default ends the process) has nothing to reload.
   const earlyHup = () => log.warn('SIGHUP while starting: the configuration is being loaded already');
   process.on('SIGHUP', earlyHup);
-  const file = values.config ?? DEFAULT_CONFIG;
+  const file = serveConfigPath(values.config);
   const { loaded, hash } = loadForServe(file, log);
   const config = loaded.config;
   log.info({ config: file, summary: summarize(config), hash }, 'configuration loaded');
