@@ -158,7 +158,11 @@ function dialAlong(ctx: EgressContext, attempt: Attempt, target: Target, address
     if (via === undefined) delete attempt.via;
     else attempt.via = via;
   };
-  return dialRoute(ctx.routes.choose(target), target, addresses, { ...dialOpts, resolver: ctx.resolver, forward: opts.forward ?? false, onHop });
+  const route = ctx.routes.choose(target);
+  // An intercepted connection was judged at its original address, not by its
+  // SNI name: the parent gets that address, never the name to resolve anew.
+  const chosen = opts.at && route.resolve !== 'local' ? { ...route, resolve: 'local' as const } : route;
+  return dialRoute(chosen, target, addresses, { ...dialOpts, resolver: ctx.resolver, forward: opts.forward ?? false, onHop });
 }
 
 /** Join client and upstream; the tunnel is tracked in `ctx.tunnels` and audits its own close. */
