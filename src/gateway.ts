@@ -442,8 +442,10 @@ export class Gateway {
       const deadline = Date.now() + connect + dns + 1000;
       while (this.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       await Promise.all(closed);
-      // Close records are written from 'close' events, a tick after destroy.
-      for (let i = 0; i < 100 && this.tunnels.size > 0; i++) await new Promise((r) => setImmediate(r));
+      // Close records are written from 'close' events, a tick after destroy
+      // (tunnels', and a socket's own, as an Upgrade's before its 101); a
+      // server can report closed before its sockets' 'close' events have run.
+      for (let i = 0; i < 100 && (this.tunnels.size > 0 || this.sockets.size > 0); i++) await new Promise((r) => setImmediate(r));
       this.self.clear();
       this.audit.close();
     })();

@@ -45,7 +45,9 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
   const started = Date.now();
   let answered = false;
   let recorded = false;
-  const closeRecord = (status: number | undefined, close_reason: 'done' | 'client_closed' | 'upstream_error', bytesDown: number, failure?: { reason: 'upstream_bad_response'; error: string }) => {
+  // The gateway's close destroys every client socket: that is a shutdown, not the client leaving.
+  const gone = () => (ctx.stopped ? 'shutdown' : 'client_closed');
+  const closeRecord = (status: number | undefined, close_reason: 'done' | 'client_closed' | 'shutdown' | 'upstream_error', bytesDown: number, failure?: { reason: 'upstream_bad_response'; error: string }) => {
     if (recorded) return;
     recorded = true;
     ctx.audit.closed(attempt, { dest_ip: result.destIp, bytes_up: 0, bytes_down: bytesDown, duration_ms: Date.now() - started, close_reason, status, ...failure });
@@ -53,7 +55,7 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
   if (socket.destroyed) {
     // The client left while we were dialling.
     upstream.destroy();
-    return closeRecord(undefined, 'client_closed', 0);
+    return closeRecord(undefined, gone(), 0);
   }
 
   // The client leaving before the origin answers takes the upstream with it.
@@ -61,7 +63,7 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
     if (answered) return;
     answered = true;
     upstream.destroy();
-    closeRecord(undefined, 'client_closed', 0);
+    closeRecord(undefined, gone(), 0);
   };
   socket.once('close', onClientGone);
 
@@ -111,7 +113,7 @@ export async function handleUpgrade(ctx: EgressContext, attempt: Attempt, req: I
     socket.on('close', () => {
       if (!upRes.complete) {
         upstream.destroy();
-        closeRecord(status, 'client_closed', bytesDown);
+        closeRecord(status, gone(), bytesDown);
       }
     });
   });
