@@ -49,8 +49,9 @@ export interface FeedState {
 /** The decision inputs of `config`, as the gateway builds them, with the DNS options applied. */
 export function explainer(config: Config, opts: ExplainOptions): Explainer {
   const self = new SelfAddresses();
-  const { proxy, socks, forwards } = config.listen;
-  for (const l of [proxy, socks, ...forwards.map((f) => f.listen)]) if (l && l.port !== 0) self.add(l.host, l.port);
+  // Every socket the gateway counts as its own (the loop check), the admin listener's too.
+  const { proxy, socks, transparent, admin, forwards } = config.listen;
+  for (const l of [proxy, socks, transparent, admin, ...forwards.map((f) => f.listen)]) if (l && l.port !== 0) self.add(l.host, l.port);
   const ctx = decisionContext(config, self);
   const hosts = new Map(config.dns.hosts);
   for (const [name, addresses] of opts.pins) hosts.set(name, [...addresses]);
