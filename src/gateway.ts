@@ -439,7 +439,8 @@ export class Gateway {
       // Attempts still resolving or dialling finish (bounded by their own
       // timeouts) and write their records; tunnels they open are cut at once.
       const { connect, dns } = this.current.timeouts;
-      const deadline = Date.now() + connect + dns + 1000;
+      // Through parents a dial may take longer than timeouts.connect (their own connect_timeout, several hops).
+      const deadline = Date.now() + dns + (this.ctx.routes?.longestDialMs(connect, dns) ?? connect) + 1000;
       while (this.inflight > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
       await Promise.all(closed);
       // Close records are written from 'close' events, a tick after destroy

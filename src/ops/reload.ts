@@ -111,9 +111,10 @@ export class Reloader {
       // their dial is over (bounded by the timeouts); the others pass again.
       if (this.gw.pending > 0) {
         const { connect, dns } = next.config.timeouts;
+        const dialMs = this.gw.context.routes?.longestDialMs(connect, dns) ?? connect;
         setTimeout(() => {
           if (!this.stopped) void recheckTunnels(this.gw, this.log).catch((err) => this.log.error({ err }, 'recheck of open tunnels failed'));
-        }, connect + dns).unref();
+        }, dns + dialMs).unref();
       }
     }
   }

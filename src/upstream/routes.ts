@@ -41,6 +41,16 @@ export class RouteTable {
     return this.routes.length === 0 && this.fallback === DIRECT_ROUTE;
   }
 
+  /**
+   * The longest a dial along any route may take: each hop in turn, a parent
+   * with its own connect_timeout and the lookup of its name. Shutdown waits
+   * this long for dials under way, so their records are written.
+   */
+  longestDialMs(connectMs: number, dnsMs: number): number {
+    const hop = (h: Hop) => (h === DIRECT ? connectMs : (h.connectTimeoutMs ?? connectMs) + (h.family === undefined ? dnsMs : 0));
+    return Math.max(...[this.fallback, ...this.routes].map((r) => r.hops.reduce((ms, h) => ms + hop(h), 0)));
+  }
+
   choose(target: Target): Route {
     for (const r of this.routes) {
       const m = r.match;
