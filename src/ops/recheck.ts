@@ -22,6 +22,16 @@ export async function recheckTunnels(gw: Gateway, log?: Logger): Promise<{ check
     // Attempts hold the canonical host: a name, or an address without brackets.
     const ip = canonicalIp(a.dest_host);
     const target: Target = ip ? { host: ip.ip, family: ip.family, port: a.dest_port } : { host: a.dest_host, port: a.dest_port };
+    // A user the new configuration no longer has, or no longer allows from this source,
+    // would be refused at login: its tunnel goes too (judged by the whole policy otherwise).
+    const from = a.user !== undefined ? ctx.clients.usersFrom(tunnel.client.remoteAddress) : 'any';
+    if (a.user !== undefined && (!ctx.clients.users.has(a.user) || (from !== 'any' && !from?.has(a.user)))) {
+      checked++;
+      ctx.audit.denied(a, { reason: 'auth_failed', dest_ip: tunnel.destIp, enforced: true, error: `user "${a.user}" may no longer connect from this address (clients.users, clients.allow)` });
+      tunnel.destroy('policy_changed');
+      closed++;
+      continue;
+    }
     const d = await decideConnected(ctx, target, tunnel.destIp, a.user);
     checked++;
     if (!gw.tunnels.has(tunnel)) continue; // closed meanwhile
