@@ -127,7 +127,11 @@ export class Audit {
           { err: err.code ?? err.message, on_error: this.opts.onError },
           this.opts.onError === 'deny' ? 'audit log cannot be written: refusing new connections' : 'audit log cannot be written',
         ),
-      onRecover: () => log?.info('audit log writable again'),
+      onRecover: () => {
+        log?.info('audit log writable again');
+        // After flush() has returned: an old destination a reload replaced is done once written.
+        queueMicrotask(() => this.retire());
+      },
       onDrop: () => log?.error({ dropped: ++this.dropped }, 'audit record dropped: too many records waiting'),
       onReplaced: (reopened, err) =>
         reopened
@@ -153,10 +157,7 @@ export class Audit {
       // An old destination that cannot take its records now keeps them and
       // its retry timer; it is closed with the audit log.
       if (old.flush() === 'done') {
-        old.close();
-        this.writtenBefore += old.written;
-        this.replacedBefore += old.replaced;
-        this.reopenFailuresBefore += old.reopenFailures;
+        this.closeOld(old);
       } else {
         this.previous.push(old);
         this.opts.log?.error({ file: this.opts.file }, 'the old audit destination cannot be written yet; its records wait for it');
@@ -165,6 +166,24 @@ export class Audit {
       this.opts.log?.info({ file }, 'audit destination changed');
     }
     this.opts.onError = onError;
+  }
+
+  /** Close a replaced destination; its counts go on in stats(). */
+  private closeOld(old: AuditFile): void {
+    old.close();
+    this.writtenBefore += old.written;
+    this.replacedBefore += old.replaced;
+    this.reopenFailuresBefore += old.reopenFailures;
+  }
+
+  /** Replaced destinations that have written what they held are closed (their path watch stops with them). */
+  private retire(): void {
+    for (const old of [...this.previous]) {
+      if (old.failing || old.waitingLines > 0) continue;
+      this.previous.splice(this.previous.indexOf(old), 1);
+      this.closeOld(old);
+      this.opts.log?.info({ file: old.path }, 'the old audit destination has written its records and is closed');
+    }
   }
 
   /** False while the destination fails to take writes; records wait in memory. */
