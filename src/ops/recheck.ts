@@ -3,6 +3,8 @@ import type { Gateway } from '../gateway.js';
 import type { Logger } from '../log.js';
 import { canonicalIp } from '../net/ip.js';
 import type { Target } from '../policy/hostport.js';
+import type { Attempt } from '../audit.js';
+import type { EgressContext } from '../egress.js';
 
 /**
  * `reload.recheck_tunnels`: judge every open tunnel again by the policy now
@@ -22,12 +24,13 @@ export async function recheckTunnels(gw: Gateway, log?: Logger): Promise<{ check
     // Attempts hold the canonical host: a name, or an address without brackets.
     const ip = canonicalIp(a.dest_host);
     const target: Target = ip ? { host: ip.ip, family: ip.family, port: a.dest_port } : { host: a.dest_host, port: a.dest_port };
-    // A user the new configuration no longer has, or no longer allows from this source,
-    // would be refused at login: its tunnel goes too (judged by the whole policy otherwise).
-    const from = a.user !== undefined ? ctx.clients.usersFrom(tunnel.client.remoteAddress) : 'any';
-    if (a.user !== undefined && (!ctx.clients.users.has(a.user) || (from !== 'any' && !from?.has(a.user)))) {
+    // Who may connect is judged again too, as at accept and login: a source the
+    // new `clients` no longer admits, or a user it no longer has (or allows from
+    // this source; otherwise the user would be judged by the whole policy).
+    const refused = clientRefusal(ctx, a, tunnel.client.remoteAddress);
+    if (refused) {
       checked++;
-      ctx.audit.denied(a, { reason: 'auth_failed', dest_ip: tunnel.destIp, enforced: true, error: `user "${a.user}" may no longer connect from this address (clients.users, clients.allow)` });
+      ctx.audit.denied(a, { ...refused, dest_ip: tunnel.destIp, enforced: true });
       tunnel.destroy('policy_changed');
       closed++;
       continue;
@@ -43,4 +46,15 @@ export async function recheckTunnels(gw: Gateway, log?: Logger): Promise<{ check
   }
   log?.info({ tunnels: checked, closed }, 'open tunnels judged by the new policy');
   return { checked, closed };
+}
+
+/** Why the new `clients` would refuse this tunnel's client or user now, if they would. */
+function clientRefusal(ctx: EgressContext, a: Attempt, source: string | undefined): { reason: 'client_not_allowed' | 'auth_failed'; error: string } | undefined {
+  // Forward and transparent listeners carry no credentials: judged by their own list (admission.ts).
+  const forward = a.proto === 'tcp' || a.proto === 'transparent' ? a.listener : undefined;
+  if (!ctx.clients.admits(source, forward)) return { reason: 'client_not_allowed', error: `source ${source ?? 'unknown'} is no longer admitted (clients)` };
+  if (a.user === undefined) return undefined;
+  const from = ctx.clients.usersFrom(source);
+  if (ctx.clients.users.has(a.user) && (from === 'any' || from?.has(a.user))) return undefined;
+  return { reason: 'auth_failed', error: `user "${a.user}" may no longer connect from this address (clients.users, clients.allow)` };
 }
