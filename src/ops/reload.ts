@@ -1,9 +1,11 @@
 import { summarize } from '../config/load.js';
 import { warnings } from '../config/preflight.js';
-import type { Config } from '../config/schema.js';
+import { keepAliveSettings, type Config } from '../config/schema.js';
 import { ConfigError, formatIssue } from '../errors.js';
 import type { Gateway } from '../gateway.js';
 import type { Logger } from '../log.js';
+import { keepaliveMode } from '../native/sockopt.js';
+import { describeKeepAlive, keepAliveWarning } from '../net/keepalive.js';
 import { filesOf, loadConfig, publishConfigLoad, type LoadedConfig } from './config-load.js';
 import { recheckTunnels } from './recheck.js';
 import { FileWatch, fingerprints } from './watch.js';
@@ -99,6 +101,7 @@ export class Reloader {
     // touch, an editor's backup file): nothing to do.
     if (trigger === 'watch' && next.hash === this.loaded.hash) return void this.rewatch(files, prints);
     for (const w of warnings(next.source)) this.log.warn({ ...w }, 'config warning');
+    this.logKeepAlive(next.config);
     const problems = await this.gw.apply(next.config);
     await this.applied?.(next.config);
     this.loaded = next;
@@ -117,6 +120,16 @@ export class Reloader {
         }, dns + dialMs).unref();
       }
     }
+  }
+
+  /** Changed keepalive settings are described (and warned about without the addon) as at start. */
+  private logKeepAlive(next: Config): void {
+    const was = keepAliveSettings(this.loaded.config);
+    const ka = keepAliveSettings(next);
+    if (was.idleMs === ka.idleMs && was.intervalMs === ka.intervalMs && was.count === ka.count && was.userTimeoutMs === ka.userTimeoutMs) return;
+    this.log.info({ keepalive_mode: keepaliveMode() }, describeKeepAlive(ka));
+    const warning = keepAliveWarning(ka);
+    if (warning) this.log.warn({ keepalive_mode: 'node' }, warning);
   }
 
   /**
