@@ -1,5 +1,5 @@
 import pino, { type Logger } from 'pino';
-import { AuditFile } from './audit-file.js';
+import { FileSink, type AuditSink, type AuditStats, type OnError } from './audit-sink.js';
 import type { Reason } from './errors.js';
 import { auditChannel } from './events.js';
 
@@ -63,8 +63,10 @@ export interface Closed {
 export interface AuditOptions {
   file: string;
   /** `deny`: refuse new connections while records cannot be written; `continue`: keep serving. */
-  onError: 'deny' | 'continue';
+  onError: OnError;
   log?: Logger;
+  /** Where lines go; by default a FileSink on `file` (a cluster worker passes its pipe to the primary). */
+  sink?: AuditSink;
 }
 
 /** pino's isoTime, formatted once per millisecond: a connection's records often share one. */
@@ -102,98 +104,37 @@ export function escapeLine(line: string): string {
 }
 
 export class Audit {
-  private out: AuditFile;
-  /** Destinations replaced by a reload that still had records to write. */
-  private readonly previous: AuditFile[] = [];
-  /** Lines written to destinations a reload replaced (stats count on across a switch). */
-  private writtenBefore = 0;
-  private replacedBefore = 0;
-  private reopenFailuresBefore = 0;
+  private readonly sink: AuditSink;
+  private onError: OnError;
   private readonly log: Logger;
-  dropped = 0;
 
-  constructor(private readonly opts: AuditOptions) {
-    this.out = this.openFile(opts.file);
-    // Through `this.out`, so a reload can switch files between two records.
-    const dest = { write: (line: string) => this.out.write(escapeLine(line)) };
+  constructor(opts: AuditOptions) {
+    this.sink = opts.sink ?? new FileSink(opts.file, opts.onError, opts.log);
+    this.onError = opts.onError;
+    const sink = this.sink;
+    const dest = { write: (line: string) => sink.write(escapeLine(line)) };
     this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) }, hooks: { logMethod: publish } }, dest);
   }
 
-  private openFile(file: string): AuditFile {
-    const log = this.opts.log;
-    return new AuditFile(file, {
-      onError: (err) =>
-        log?.error(
-          { err: err.code ?? err.message, on_error: this.opts.onError },
-          this.opts.onError === 'deny' ? 'audit log cannot be written: refusing new connections' : 'audit log cannot be written',
-        ),
-      onRecover: () => {
-        log?.info('audit log writable again');
-        // After flush() has returned: an old destination a reload replaced is done once written.
-        queueMicrotask(() => this.retire());
-      },
-      onDrop: () => log?.error({ dropped: ++this.dropped }, 'audit record dropped: too many records waiting'),
-      onReplaced: (reopened, err) =>
-        reopened
-          ? log?.warn({ file }, 'audit file was deleted or replaced: reopened the path')
-          : log?.error(
-              { file, err: err?.code ?? err?.message, on_error: this.opts.onError },
-              'audit file was deleted or replaced and cannot be reopened',
-            ),
-    });
-  }
-
-  /**
-   * A reload's audit settings. A new destination is opened first (on
-   * failure this throws and the old one stays); then every record waiting
-   * for the old one is written to it and it is closed, and the next record
-   * goes to the new one: none is lost or written twice.
-   */
-  configure(file: string, onError: 'deny' | 'continue'): void {
-    if (file !== this.opts.file) {
-      const next = this.openFile(file);
-      const old = this.out;
-      this.out = next;
-      // An old destination that cannot take its records now keeps them and
-      // its retry timer; it is closed with the audit log.
-      if (old.flush() === 'done') {
-        this.closeOld(old);
-      } else {
-        this.previous.push(old);
-        this.opts.log?.error({ file: this.opts.file }, 'the old audit destination cannot be written yet; its records wait for it');
-      }
-      this.opts.file = file;
-      this.opts.log?.info({ file }, 'audit destination changed');
-    }
-    this.opts.onError = onError;
-  }
-
-  /** Close a replaced destination; its counts go on in stats(). */
-  private closeOld(old: AuditFile): void {
-    old.close();
-    this.writtenBefore += old.written;
-    this.replacedBefore += old.replaced;
-    this.reopenFailuresBefore += old.reopenFailures;
-  }
-
-  /** Replaced destinations that have written what they held are closed (their path watch stops with them). */
-  private retire(): void {
-    for (const old of [...this.previous]) {
-      if (old.failing || old.waitingLines > 0) continue;
-      this.previous.splice(this.previous.indexOf(old), 1);
-      this.closeOld(old);
-      this.opts.log?.info({ file: old.path }, 'the old audit destination has written its records and is closed');
-    }
+  /** A reload's audit settings: a new destination is opened before the old one is let go (see FileSink). */
+  configure(file: string, onError: OnError): void {
+    this.sink.configure(file, onError);
+    this.onError = onError;
   }
 
   /** False while the destination fails to take writes; records wait in memory. */
   get writable(): boolean {
-    return !this.out.failing;
+    return this.sink.writable;
   }
 
   /** Whether new connections may be served (records can be written, or the operator said continue). */
   get accepting(): boolean {
-    return this.writable || this.opts.onError === 'continue';
+    return this.sink.writable || this.onError === 'continue';
+  }
+
+  /** Records dropped because too many were waiting. */
+  get dropped(): number {
+    return this.sink.stats().dropped;
   }
 
   denied(a: Attempt, f: { reason: Reason; enforced: boolean; rule?: string; dest_ip?: string; range?: string; error?: string }): void {
@@ -214,39 +155,22 @@ export class Audit {
   }
 
   /** Records written, waiting (lines and bytes) and dropped, for metrics. */
-  stats(): { written: number; waitingLines: number; waitingBytes: number; dropped: number; replaced: number; reopenFailures: number } {
-    const all = [...this.previous, this.out];
-    const sum = (f: (o: AuditFile) => number) => all.reduce((n, o) => n + f(o), 0);
-    return {
-      written: this.writtenBefore + sum((o) => o.written),
-      waitingLines: sum((o) => o.waitingLines),
-      waitingBytes: sum((o) => o.waitingBytes),
-      dropped: this.dropped,
-      replaced: this.replacedBefore + sum((o) => o.replaced),
-      reopenFailures: this.reopenFailuresBefore + sum((o) => o.reopenFailures),
-    };
+  stats(): AuditStats {
+    return this.sink.stats();
   }
 
   /** Write everything waiting, now (tests, a crash). */
   flushSync(): void {
-    for (const out of this.previous) out.flushSync(0);
-    this.out.flushSync(0);
+    this.sink.flushSync();
   }
 
   /** Reopen the file by name (logrotate moved it); keeps the old one if the new cannot be opened. */
   reopen(): void {
-    try {
-      this.out.reopen();
-      this.opts.log?.info({ file: this.opts.file }, 'audit file reopened');
-    } catch (err) {
-      this.opts.log?.error({ err }, 'cannot reopen the audit file; still writing to the old one');
-    }
+    this.sink.reopen();
   }
 
   /** Write everything and close the file. */
   close(): void {
-    for (const out of [...this.previous, this.out]) {
-      if (!out.close()) this.opts.log?.error({ file: out.path }, 'audit records could not be written before exit');
-    }
+    this.sink.close();
   }
 }

@@ -4,6 +4,7 @@ import { ClientAccess } from './access/clients.js';
 import type net from 'node:net';
 import type { AddressInfo } from 'node:net';
 import { Audit, formatClient } from './audit.js';
+import type { AuditSink } from './audit-sink.js';
 import { keepAliveSettings, type Config, type ListenAddress } from './config/schema.js';
 import { decisionContext } from './decide.js';
 import type { EgressContext } from './egress.js';
@@ -49,6 +50,13 @@ interface Listener extends ListenerSpec {
   forward?: ForwardListenerOptions;
 }
 
+export interface GatewayOptions {
+  /** Where audit lines go (a cluster worker: to the primary); by default `audit.file`. */
+  sink?: AuditSink;
+  /** Connection ids start with it (unique across a cluster's workers). */
+  idPrefix?: string;
+}
+
 /** Emitted on every listener when the drain starts; inbound/http.ts listens for it. */
 const DRAINING_EVENT = 'draining';
 
@@ -79,7 +87,8 @@ export class Gateway {
   /** Shared by every context, old and new: a connection may keep the one it was accepted with. */
   private stopped = false;
   private inflight = 0;
-  private readonly boot = randomBytes(3).toString('hex');
+  /** Connection ids: this start's random tag (a cluster worker's names the primary's start and the worker). */
+  private readonly boot: string;
   private seq = 0;
   private closing: Promise<void> | undefined;
   private drainingSince: number | undefined;
@@ -88,14 +97,16 @@ export class Gateway {
   private constructor(
     private current: Config,
     private readonly log?: Logger,
+    opts: GatewayOptions = {},
   ) {
-    this.audit = new Audit({ file: current.audit.file, onError: current.audit.on_error, log });
+    this.boot = opts.idPrefix ?? randomBytes(3).toString('hex');
+    this.audit = new Audit({ file: current.audit.file, onError: current.audit.on_error, log, sink: opts.sink });
     this.ctx = this.contextFor(current);
     this.feeds = new RangeFeeds(current.policy.rules, current.ranges, this.ctx.resolver, log);
   }
 
-  static async start(config: Config, log?: Logger): Promise<Gateway> {
-    const gw = new Gateway(config, log);
+  static async start(config: Config, log?: Logger, opts?: GatewayOptions): Promise<Gateway> {
+    const gw = new Gateway(config, log, opts);
     try {
       await gw.feeds.start();
       for (const spec of listenerSpecs(config)) await gw.bind(spec);
@@ -136,6 +147,12 @@ export class Gateway {
   removeOwnAddress(a: AddressInfo): void {
     const i = this.own.findIndex((o) => o.address === a.address && o.port === a.port);
     if (i >= 0) this.own.splice(i, 1);
+    this.refreshSelf();
+  }
+
+  /** The sockets of this process group that do not proxy, all at once (a cluster worker: the primary's admin listener). */
+  setOwnAddresses(list: readonly AddressInfo[]): void {
+    this.own.splice(0, this.own.length, ...list);
     this.refreshSelf();
   }
 

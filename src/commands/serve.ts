@@ -1,15 +1,20 @@
+import cluster from 'node:cluster';
 import { parseArgs } from 'node:util';
 import { summarize } from '../config/load.js';
-import { keepAliveSettings, type Config } from '../config/schema.js';
+import { keepAliveSettings } from '../config/schema.js';
 import { serveConfigPath } from '../config/serve-path.js';
 import { Gateway } from '../gateway.js';
 import { createLogger } from '../log.js';
 import { keepaliveMode } from '../native/sockopt.js';
 import { describeKeepAlive, keepAliveWarning } from '../net/keepalive.js';
-import { startAdmin, type Admin } from '../ops/admin.js';
+import { AdminPlace } from '../ops/admin.js';
+import { runPrimary } from '../ops/cluster.js';
+import { workerCount } from '../ops/cpus.js';
+import { Metrics } from '../ops/metrics.js';
+import { runWorker } from '../ops/worker.js';
 import { fromSource, publishConfigLoad } from '../ops/config-load.js';
 import { Drain } from '../ops/drain.js';
-import { Reloader } from '../ops/reload.js';
+import { gatewayTarget, Reloader } from '../ops/reload.js';
 import { loadForServe, startFailure } from '../ops/startup.js';
 import type { Command } from './command.js';
 
@@ -49,57 +54,45 @@ the gateway as a child, and signalling npx's PID can leave it running.
 async function run(args: string[]): Promise<void> {
   const { values } = parseArgs({ args, options: { config: { type: 'string', short: 'c' }, help: { type: 'boolean', short: 'h' } } });
   if (values.help) return void process.stdout.write(help);
+  // A cluster worker (workers: above 1) gets its configuration from the primary.
+  if (cluster.isWorker) return runWorker(createLogger(undefined, { worker: cluster.worker!.id }));
   const log = createLogger();
   // Until the gateway runs, a SIGHUP (whose default ends the process) has nothing to reload.
   const earlyHup = () => log.warn('SIGHUP while starting: the configuration is being loaded already');
   process.on('SIGHUP', earlyHup);
   const file = serveConfigPath(values.config);
-  const { loaded, hash } = loadForServe(file, log);
+  const start = loadForServe(file, log);
+  const { loaded, hash } = start;
   const config = loaded.config;
   log.info({ config: file, summary: summarize(config), hash }, 'configuration loaded');
   const keepAlive = keepAliveSettings(config);
   log.info({ keepalive_mode: keepaliveMode() }, describeKeepAlive(keepAlive));
   const warning = keepAliveWarning(keepAlive);
   if (warning) log.warn({ keepalive_mode: 'node' }, warning);
+  if (workerCount(config.workers) > 1) return runPrimary(start, log, () => process.removeListener('SIGHUP', earlyHup));
+
   const gw = await Gateway.start(config, log).catch((err: unknown) => startFailure(loaded, err, log));
   // /readyz: listening and not draining.
   const ready = () => gw.listening && !gw.draining;
-  let admin: Admin | undefined;
-  if (config.listen.admin) {
-    admin = await startAdmin(gw, config.listen.admin, ready, log).catch(async (err: Error) => {
-      await gw.close();
-      return startFailure(loaded, Object.assign(err, { listener: 'admin' }), log);
-    });
-    gw.addOwnAddress(admin.address());
-  }
+  const metrics = () => new Metrics({ gateway: gw, audit: gw.audit, config: true });
+  const admin = new AdminPlace(metrics, ready, (added, removed) => {
+    if (removed) gw.removeOwnAddress(removed);
+    if (added) gw.addOwnAddress(added);
+  }, log);
+  await admin.start(config.listen.admin).catch(async (err: Error) => {
+    await gw.close();
+    return startFailure(loaded, Object.assign(err, { listener: 'admin' }), log);
+  });
   publishConfigLoad('ok', { hash });
   if (gw.fdLimit) {
     log.info({ fd_soft: gw.fdLimit.soft, fd_hard: gw.fdLimit.hard, max_client_connections: gw.fdLimit.clientBudget }, 'open-file limit');
   }
+  if (config.workers !== 1) log.info({ workers: config.workers }, 'workers: one CPU, so this process serves alone');
 
-  // The admin listener moves like the others: the new address is bound first.
-  let adminAt = config.listen.admin;
-  const moveAdmin = async (next: Config) => {
-    const want = next.listen.admin;
-    if (want?.host === adminAt?.host && want?.port === adminAt?.port) return;
-    let fresh: Admin | undefined;
-    if (want) {
-      try {
-        fresh = await startAdmin(gw, want, ready, log);
-      } catch (err) {
-        return void log.error({ err, listener: 'admin', address: want.text }, 'cannot bind the new admin address; the admin listener stays where it was');
-      }
-      gw.addOwnAddress(fresh.address());
-    }
-    if (admin) {
-      gw.removeOwnAddress(admin.address());
-      await admin.close();
-      log.info({ listener: 'admin', address: adminAt?.text }, fresh ? 'admin listener moved' : 'admin listener removed');
-    }
-    admin = fresh;
-    adminAt = want;
-  };
-  const reloader = new Reloader(gw, fromSource(loaded), log, moveAdmin);
+  const reloader = new Reloader(gatewayTarget(gw, log), fromSource(loaded), log, async (next) => {
+    await admin.move(next.listen.admin);
+    if (workerCount(next.workers) > 1) log.warn({ workers: next.workers }, 'workers: a gateway started with one process stays one; restart it to run workers');
+  });
   const drain = new Drain(gw, log);
   const stop = (signal: string) => {
     if (!drain.started) {
@@ -108,7 +101,7 @@ async function run(args: string[]): Promise<void> {
     }
     drain.signal(signal).then(
       async () => {
-        await admin?.close();
+        await admin.close();
         process.exit(0);
       },
       (err) => {

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readConfigFile } from './read.js';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMap, isNode, LineCounter, parseDocument, type Document } from 'yaml';
@@ -30,7 +30,7 @@ export function loadConfigFile(path: string): Config {
 export function loadConfigSource(path: string): ConfigSource {
   let text: string;
   try {
-    text = readFileSync(path, 'utf8');
+    text = readConfigFile(path, 'utf8');
   } catch (err) {
     throw new ConfigError([{ path: '', file: path, message: `cannot read: ${(err as NodeJS.ErrnoException).code ?? err}` }]);
   }

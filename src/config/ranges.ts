@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readConfigFile } from './read.js';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { unzipSync } from 'fflate';
@@ -21,7 +21,7 @@ const EMPTY_ZIP_MAGIC = [0x50, 0x4b, 0x05, 0x06];
 export function loadRangeFile(path: string): Cidr[] {
   let data: Buffer;
   try {
-    data = readFileSync(path);
+    data = readConfigFile(path);
   } catch (err) {
     throw new Error(`cannot read ${path}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
   }

@@ -1,4 +1,4 @@
-import { readFileSync } from 'node:fs';
+import { readConfigFile } from './read.js';
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { CidrSet, canonicalIp, parseCidr, type Cidr } from '../net/ip.js';
@@ -310,10 +310,17 @@ export function configSchema(baseDir: string) {
     routes: routesSchema,
     default_route: defaultRouteSchema,
     clients: clientsSchema,
+    /** Processes serving the listeners: 1 (this one), N, or auto (one per CPU the process may use). */
+    workers: z
+      .union([z.literal('auto'), z.number().int().min(1).max(MAX_WORKERS)], { error: `expected a whole number from 1 to ${MAX_WORKERS}, or auto` })
+      .default(1),
   })
     .superRefine(checkRouteNames)
     .superRefine(checkClientRefs);
 }
+
+/** More would only contend for the cores (and the primary's audit writer). */
+export const MAX_WORKERS = 64;
 
 /** How `url:` and `dns:` range entries are kept current (src/ranges/feeds.ts). */
 function rangeFeeds(baseDir: string) {
@@ -328,7 +335,7 @@ function rangeFeeds(baseDir: string) {
       ca: path
         .transform((p, ctx) => {
           try {
-            const pem = readFileSync(p, 'utf8');
+            const pem = readConfigFile(p, 'utf8');
             if (!pem.includes('-----BEGIN CERTIFICATE-----')) throw new Error('no PEM certificate in it');
             return pem;
           } catch (err) {

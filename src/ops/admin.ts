@@ -2,7 +2,7 @@ import http, { type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo, Socket } from 'node:net';
 import type { ListenAddress } from '../config/schema.js';
 import type { Logger } from '../log.js';
-import { Metrics, type Observed } from './metrics.js';
+import type { Metrics } from './metrics.js';
 
 /**
  * The admin listener (`listen.admin`): `GET /metrics` (Prometheus text),
@@ -83,15 +83,14 @@ export interface Admin {
   close(): Promise<void>;
 }
 
-/** Start the metrics registry and the admin listener for a running gateway. */
-export function startAdmin(gw: Observed, at: ListenAddress, ready: () => boolean, log?: Logger): Promise<Admin> {
-  const metrics = new Metrics(gw);
+/** What the admin listener serves on /metrics; it lives as long as the gateway (a moved listener keeps its counts). */
+export type AdminMetrics = Pick<Metrics, 'text' | 'contentType'>;
+
+/** Start the admin listener. */
+export function startAdmin(metrics: AdminMetrics, at: ListenAddress, ready: () => boolean, log?: Logger): Promise<Admin> {
   const server = createAdminServer({ metrics, ready });
   return new Promise((resolve, reject) => {
-    server.once('error', (err) => {
-      metrics.close();
-      reject(err);
-    });
+    server.once('error', reject);
     server.listen({ host: at.host, port: at.port, ipv6Only: at.host === '::' ? false : undefined }, () => {
       server.removeAllListeners('error');
       server.on('error', (err) => log?.error({ err, listener: 'admin' }, 'listener error'));
@@ -101,11 +100,86 @@ export function startAdmin(gw: Observed, at: ListenAddress, ready: () => boolean
         address: () => a,
         close: () =>
           new Promise<void>((done) => {
-            metrics.close();
             server.close(() => done());
             server.closeAllConnections();
           }),
       });
     });
   });
+}
+
+/**
+ * The admin listener where the configuration in force puts it: started at
+ * start, moved (the new address bound first), added or removed by a
+ * reload. Its metrics live while it exists, so a move keeps the counts.
+ * `own` is told of every address it takes or gives up (the loop check).
+ */
+export class AdminPlace {
+  private admin: Admin | undefined;
+  private at: ListenAddress | undefined;
+  private metrics: (AdminMetrics & { close(): void }) | undefined;
+
+  constructor(
+    private readonly makeMetrics: () => AdminMetrics & { close(): void },
+    private readonly ready: () => boolean,
+    private readonly own: (added: AddressInfo | undefined, removed: AddressInfo | undefined) => void,
+    private readonly log: Logger,
+  ) {}
+
+  /** At start: a bind error is thrown (serve reports it at its key). */
+  async start(at: ListenAddress | undefined): Promise<void> {
+    if (!at) return;
+    this.admin = await this.open(at);
+    this.at = at;
+    this.own(this.admin.address(), undefined);
+  }
+
+  /** A reload's address; errors are logged and the listener stays where it was. */
+  async move(want: ListenAddress | undefined): Promise<void> {
+    const was = this.at;
+    if (want?.host === was?.host && want?.port === was?.port) return;
+    let fresh: Admin | undefined;
+    if (want) {
+      try {
+        fresh = await this.open(want);
+      } catch (err) {
+        return void this.log.error({ err, listener: 'admin', address: want.text }, 'cannot bind the new admin address; the admin listener stays where it was');
+      }
+    }
+    const old = this.admin;
+    this.admin = fresh;
+    this.at = want;
+    this.own(fresh?.address(), old?.address());
+    if (old) {
+      await old.close();
+      this.log.info({ listener: 'admin', address: was?.text }, fresh ? 'admin listener moved' : 'admin listener removed');
+    }
+    if (!fresh) this.dropMetrics();
+  }
+
+  address(): AddressInfo | undefined {
+    return this.admin?.address();
+  }
+
+  async close(): Promise<void> {
+    await this.admin?.close();
+    this.admin = undefined;
+    this.dropMetrics();
+  }
+
+  private async open(at: ListenAddress): Promise<Admin> {
+    const fresh = !this.metrics;
+    this.metrics ??= this.makeMetrics();
+    try {
+      return await startAdmin(this.metrics, at, this.ready, this.log);
+    } catch (err) {
+      if (fresh) this.dropMetrics();
+      throw err;
+    }
+  }
+
+  private dropMetrics(): void {
+    this.metrics?.close();
+    this.metrics = undefined;
+  }
 }

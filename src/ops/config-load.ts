@@ -4,6 +4,7 @@ import { dirname, isAbsolute, resolve } from 'node:path';
 import { parse } from 'yaml';
 import { loadConfigSource, type ConfigSource } from '../config/load.js';
 import { startProblems } from '../config/preflight.js';
+import { recordReads, type FileSnapshot } from '../config/read.js';
 import type { Config } from '../config/schema.js';
 import { ConfigError } from '../errors.js';
 import { configChannel, type ConfigEvent } from '../events.js';
@@ -31,11 +32,11 @@ export interface LoadedConfig {
  * then the start-up checks such as a usable audit path): throws ConfigError
  * listing every problem, and hashes what was read.
  */
-export function loadConfig(file: string): LoadedConfig & { source: ConfigSource } {
-  const source = loadConfigSource(file);
+export function loadConfig(file: string): LoadedConfig & { source: ConfigSource; snapshot: FileSnapshot } {
+  const { value: source, files: snapshot } = recordReads(() => loadConfigSource(file));
   const problems = startProblems(source);
   if (problems.length) throw new ConfigError(problems);
-  return { ...fromSource(source), source };
+  return { ...fromSource(source), source, snapshot };
 }
 
 /** The files and hash of a configuration already read. */

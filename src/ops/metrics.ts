@@ -30,11 +30,20 @@ import { configInForce } from './config-load.js';
  * errors.ts, fixed enums; anything else is counted as `other`.
  */
 
+/** The audit writer's figures (Audit, or a cluster primary's sink). */
+export type AuditWriterStats = Pick<Audit, 'stats' | 'writable'>;
+
+/** What one registry counts: a single process has every part; a cluster's workers the gateway, its primary the rest. */
+export interface MetricsParts {
+  gateway?: Observed;
+  audit?: AuditWriterStats;
+  config?: boolean;
+}
+
 /** What the registry reads from the gateway at scrape time. */
 export interface Observed {
   readonly config: Config;
   readonly tunnels: ReadonlySet<Tunnel>;
-  readonly audit: Audit;
   readonly admission: Admission;
   /** Client connections open, per listener. */
   openConnections(): Iterable<[string, number]>;
@@ -93,9 +102,17 @@ export class Metrics {
   /** Bytes of closed tunnels and requests, per listener; open tunnels are added at scrape time. */
   private readonly closedBytes = new Map<string, { up: number; down: number }>();
 
-  constructor(gw: Observed) {
-    const registers = [this.registry];
+  /** A single process counts every part; a cluster's workers their gateway, its primary the rest. */
+  constructor(parts: MetricsParts) {
     collectDefaultMetrics({ register: this.registry });
+    if (parts.gateway) this.gateway(parts.gateway);
+    if (parts.audit) this.auditWriter(parts.audit);
+    if (parts.config) this.configLoads();
+  }
+
+  /** The data path: connections, decisions, closes, bytes, tunnels, DNS, dials, keepalive, range feeds. */
+  private gateway(gw: Observed): void {
+    const registers = [this.registry];
     const listener = (name: string | undefined) => bounded(name, names(gw.config).listeners);
 
     const accepted = new Counter({
@@ -189,34 +206,13 @@ export class Metrics {
       buckets: LATENCY_BUCKETS,
       registers,
     });
-    const auditStat = (name: string, help: string, key: keyof ReturnType<Audit['stats']>, counter: boolean) => {
-      const collect = function (this: Gauge | Counter) {
-        const v = gw.audit.stats()[key];
-        this.reset();
-        this.inc(v);
-      };
-      if (counter) new Counter({ name, help, registers, collect });
-      else new Gauge({ name, help, registers, collect });
-    };
-    auditStat('wa_egress_audit_records_written_total', 'Audit records written to the destination', 'written', true);
-    auditStat('wa_egress_audit_records_waiting', 'Audit records waiting to be written', 'waitingLines', false);
-    auditStat('wa_egress_audit_waiting_bytes', 'Bytes of audit records waiting to be written', 'waitingBytes', false);
-    auditStat('wa_egress_audit_records_dropped_total', 'Audit records dropped because too much was waiting', 'dropped', true);
-    auditStat('wa_egress_audit_file_replaced_total', 'Times the audit file path was found deleted or replaced (and reopened)', 'replaced', true);
-    auditStat('wa_egress_audit_file_reopen_failures_total', 'Failed attempts to reopen a deleted or replaced audit file path', 'reopenFailures', true);
-    new Gauge({
-      name: 'wa_egress_audit_writable',
-      help: '1 while the audit destination takes writes, 0 while it fails',
-      registers,
-      collect() {
-        this.set(gw.audit.writable ? 1 : 0);
-      },
-    });
     new Gauge({
       name: 'wa_egress_keepalive_mode',
       help: "TCP keepalive in force, 1 for its mode: native (the addon sets keepalive interval, count and user_timeout) or node (Node's, probes 1 s apart, 10 of them)",
       labelNames: ['mode'],
       registers,
+      // Every worker has the same addon: one value, not their sum.
+      aggregator: 'max',
       collect() {
         const mode = keepaliveMode();
         this.set({ mode }, 1);
@@ -235,34 +231,6 @@ export class Metrics {
       const e = m as RangeFeedEvent;
       feeds.inc({ rule: bounded(e.rule, names(gw.config).rules), source: bounded(e.source, FEED_SOURCES), result: bounded(e.result, FEED_RESULTS) });
     });
-    // The configuration in force: from configChannel, starting from a load published before this registry existed.
-    let inForce: ConfigEvent | undefined = configInForce();
-    const loads = new Counter({
-      name: 'wa_egress_config_loads_total',
-      help: 'Configuration loads (start and reloads), by result: ok, invalid (refused by validation), error',
-      labelNames: ['result'],
-      registers,
-    });
-    for (const result of ['ok', 'invalid', 'error']) loads.inc({ result }, 0);
-    new Gauge({
-      name: 'wa_egress_config_info',
-      help: 'The configuration in force: 1, labelled with the sha256 of its text and the files it names',
-      labelNames: ['hash'],
-      registers,
-      collect() {
-        this.reset();
-        if (inForce?.hash) this.set({ hash: inForce.hash }, 1);
-      },
-    });
-    new Gauge({
-      name: 'wa_egress_config_loaded_timestamp_seconds',
-      help: 'When the configuration in force was loaded (Unix time)',
-      registers,
-      collect() {
-        if (inForce?.loadedAt) this.set(inForce.loadedAt);
-      },
-    });
-
     this.on(connectionChannel.name, (m) => {
       const e = m as ConnectionEvent;
       if (e.open) accepted.inc({ listener: listener(e.listener) });
@@ -295,6 +263,67 @@ export class Metrics {
       const e = m as DialEvent;
       dial.observe({ result: e.ok ? 'ok' : 'error' }, e.ms / 1000);
     });
+  }
+
+  /** The audit writer: where this process writes the log. */
+  private auditWriter(audit: AuditWriterStats): void {
+    const registers = [this.registry];
+    const auditStat = (name: string, help: string, key: keyof ReturnType<Audit['stats']>, counter: boolean) => {
+      const collect = function (this: Gauge | Counter) {
+        const v = audit.stats()[key];
+        this.reset();
+        this.inc(v);
+      };
+      if (counter) new Counter({ name, help, registers, collect });
+      else new Gauge({ name, help, registers, collect });
+    };
+    auditStat('wa_egress_audit_records_written_total', 'Audit records written to the destination', 'written', true);
+    auditStat('wa_egress_audit_records_waiting', 'Audit records waiting to be written', 'waitingLines', false);
+    auditStat('wa_egress_audit_waiting_bytes', 'Bytes of audit records waiting to be written', 'waitingBytes', false);
+    auditStat('wa_egress_audit_records_dropped_total', 'Audit records dropped because too much was waiting', 'dropped', true);
+    auditStat('wa_egress_audit_file_replaced_total', 'Times the audit file path was found deleted or replaced (and reopened)', 'replaced', true);
+    auditStat('wa_egress_audit_file_reopen_failures_total', 'Failed attempts to reopen a deleted or replaced audit file path', 'reopenFailures', true);
+    new Gauge({
+      name: 'wa_egress_audit_writable',
+      help: '1 while the audit destination takes writes, 0 while it fails',
+      registers,
+      collect() {
+        this.set(audit.writable ? 1 : 0);
+      },
+    });
+  }
+
+  /** Configuration loads, where they are made. */
+  private configLoads(): void {
+    const registers = [this.registry];
+    // The configuration in force: from configChannel, starting from a load published before this registry existed.
+    let inForce: ConfigEvent | undefined = configInForce();
+    const loads = new Counter({
+      name: 'wa_egress_config_loads_total',
+      help: 'Configuration loads (start and reloads), by result: ok, invalid (refused by validation), error',
+      labelNames: ['result'],
+      registers,
+    });
+    for (const result of ['ok', 'invalid', 'error']) loads.inc({ result }, 0);
+    new Gauge({
+      name: 'wa_egress_config_info',
+      help: 'The configuration in force: 1, labelled with the sha256 of its text and the files it names',
+      labelNames: ['hash'],
+      registers,
+      collect() {
+        this.reset();
+        if (inForce?.hash) this.set({ hash: inForce.hash }, 1);
+      },
+    });
+    new Gauge({
+      name: 'wa_egress_config_loaded_timestamp_seconds',
+      help: 'When the configuration in force was loaded (Unix time)',
+      registers,
+      collect() {
+        if (inForce?.loadedAt) this.set(inForce.loadedAt);
+      },
+    });
+
     this.on(configChannel.name, (m) => {
       const e = m as ConfigEvent;
       if (e.result === 'ok') inForce = e;

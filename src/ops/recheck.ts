@@ -5,6 +5,23 @@ import { canonicalIp } from '../net/ip.js';
 import type { Target } from '../policy/hostport.js';
 import type { Attempt } from '../audit.js';
 import type { EgressContext } from '../egress.js';
+import type { Config } from '../config/schema.js';
+
+/**
+ * After a reload put `next` in force: with `reload.recheck_tunnels`, judge
+ * the open tunnels again, and once more when the dials that were under way
+ * are over: they were opened on the old policy's word (bounded by the timeouts).
+ */
+export async function recheckAfterReload(gw: Gateway, next: Config, log: Logger): Promise<void> {
+  if (!next.reload.recheck_tunnels) return;
+  await recheckTunnels(gw, log);
+  if (gw.pending === 0) return;
+  const { connect, dns } = next.timeouts;
+  const dialMs = gw.context.routes?.longestDialMs(connect, dns) ?? connect;
+  setTimeout(() => {
+    if (!gw.draining) void recheckTunnels(gw, log).catch((err) => log.error({ err }, 'recheck of open tunnels failed'));
+  }, dns + dialMs).unref();
+}
 
 /**
  * `reload.recheck_tunnels`: judge every open tunnel again by the policy now

@@ -7,7 +7,7 @@ import type { Logger } from '../log.js';
 import { keepaliveMode } from '../native/sockopt.js';
 import { describeKeepAlive, keepAliveWarning } from '../net/keepalive.js';
 import { filesOf, loadConfig, publishConfigLoad, type LoadedConfig } from './config-load.js';
-import { recheckTunnels } from './recheck.js';
+import { recheckAfterReload } from './recheck.js';
 import { FileWatch, fingerprints } from './watch.js';
 
 /**
@@ -21,6 +21,21 @@ import { FileWatch, fingerprints } from './watch.js';
 
 export type ReloadTrigger = 'SIGHUP' | 'watch';
 
+/** What a reload puts a validated configuration in force in: one gateway, or a cluster's workers. */
+export interface ReloadTarget {
+  /** Put it in force; resolves with the problems (already logged), never throws for them. */
+  apply(next: Loaded): Promise<string[]>;
+  /** Once the reload is logged: `reload.recheck_tunnels`. */
+  settle?(next: Config): Promise<void>;
+}
+
+type Loaded = ReturnType<typeof loadConfig>;
+
+/** The gateway of this process as the target. */
+export function gatewayTarget(gw: Gateway, log: Logger): ReloadTarget {
+  return { apply: (next) => gw.apply(next.config), settle: (next) => recheckAfterReload(gw, next, log) };
+}
+
 export class Reloader {
   private running: Promise<void> | undefined;
   private queued: ReloadTrigger | undefined;
@@ -28,7 +43,7 @@ export class Reloader {
   private stopped = false;
 
   constructor(
-    private readonly gw: Gateway,
+    private readonly target: ReloadTarget,
     private loaded: LoadedConfig,
     private readonly log: Logger,
     /** What the gateway does not own and a reload changes too (the admin listener); logs its own errors. */
@@ -83,7 +98,7 @@ export class Reloader {
     // Before reading: a change made while the files are read is seen after.
     const files = [...new Set([...this.loaded.files, ...filesOf(file)])];
     const prints = fingerprints(files);
-    let next: ReturnType<typeof loadConfig>;
+    let next: Loaded;
     try {
       next = loadConfig(file);
     } catch (err) {
@@ -102,24 +117,13 @@ export class Reloader {
     if (trigger === 'watch' && next.hash === this.loaded.hash) return void this.rewatch(files, prints);
     for (const w of warnings(next.source)) this.log.warn({ ...w }, 'config warning');
     this.logKeepAlive(next.config);
-    const problems = await this.gw.apply(next.config);
+    const problems = await this.target.apply(next);
     await this.applied?.(next.config);
     this.loaded = next;
     publishConfigLoad('ok', next);
     this.log.info({ trigger, config: file, hash: next.hash, summary: summarize(next.config), problems: problems.length ? problems : undefined }, 'configuration reloaded');
     this.rewatch(files, prints);
-    if (next.config.reload.recheck_tunnels) {
-      await recheckTunnels(this.gw, this.log);
-      // Tunnels still being opened on the old policy's word are judged once
-      // their dial is over (bounded by the timeouts); the others pass again.
-      if (this.gw.pending > 0) {
-        const { connect, dns } = next.config.timeouts;
-        const dialMs = this.gw.context.routes?.longestDialMs(connect, dns) ?? connect;
-        setTimeout(() => {
-          if (!this.stopped) void recheckTunnels(this.gw, this.log).catch((err) => this.log.error({ err }, 'recheck of open tunnels failed'));
-        }, dns + dialMs).unref();
-      }
-    }
+    await this.target.settle?.(next.config);
   }
 
   /** Changed keepalive settings are described (and warned about without the addon) as at start. */

@@ -1,6 +1,7 @@
 import { AuditPathError } from '../audit-path.js';
 import { loadConfigSource, type ConfigSource } from '../config/load.js';
 import { bindProblem, startProblems, warnings } from '../config/preflight.js';
+import { recordReads, type FileSnapshot } from '../config/read.js';
 import { ConfigError, formatIssue, type ConfigIssue } from '../errors.js';
 import type { Logger } from '../log.js';
 import { configHash } from './config-load.js';
@@ -19,10 +20,11 @@ export function exitWith(issues: ConfigIssue[], log: Logger, what: string): neve
 }
 
 /** The configuration serve runs (and the hash operations publish), or exit 1 with every problem located. */
-export function loadForServe(file: string, log: Logger): { loaded: ConfigSource; hash: string } {
+export function loadForServe(file: string, log: Logger): { loaded: ConfigSource; hash: string; snapshot: FileSnapshot } {
   let loaded: ConfigSource;
+  let snapshot: FileSnapshot;
   try {
-    loaded = loadConfigSource(file);
+    ({ value: loaded, files: snapshot } = recordReads(() => loadConfigSource(file)));
   } catch (err) {
     if (!(err instanceof ConfigError)) throw err;
     exitWith(err.issues, log, 'invalid configuration');
@@ -30,7 +32,7 @@ export function loadForServe(file: string, log: Logger): { loaded: ConfigSource;
   const problems = startProblems(loaded);
   if (problems.length) exitWith(problems, log, 'cannot start');
   for (const w of warnings(loaded)) log.warn({ ...w }, 'config warning');
-  return { loaded, hash: configHash(loaded.text, file) };
+  return { loaded, hash: configHash(loaded.text, file), snapshot };
 }
 
 /** Gateway.start failed: name the key behind it where there is one. */

@@ -30,7 +30,7 @@ async function setup(limits: Record<string, number | string>, extra: Record<stri
     ...extra,
   });
   cleanup.push(() => gw.close());
-  const metrics = new Metrics(gw.gw);
+  const metrics = new Metrics({ gateway: gw.gw, audit: gw.gw.audit, config: true });
   cleanup.push(() => metrics.close());
   return { gw, echo, metrics };
 }

@@ -9,7 +9,7 @@ import { configInForce, loadConfig } from '../../src/ops/config-load.js';
 import { decide } from '../../src/decide.js';
 import type { ConfigEvent } from '../../src/events.js';
 import { Gateway } from '../../src/gateway.js';
-import { Reloader } from '../../src/ops/reload.js';
+import { gatewayTarget, Reloader } from '../../src/ops/reload.js';
 import { writeConfig } from './serve-child.js';
 
 /**
@@ -46,7 +46,7 @@ describe('config loads on configChannel', () => {
     expect(loaded.files).toEqual([file, join(dir, 'ranges.txt')]);
     const gw = await Gateway.start(loaded.config);
     cleanup.push(() => gw.close());
-    const reloader = new Reloader(gw, loaded, pino({ level: 'silent' }));
+    const reloader = new Reloader(gatewayTarget(gw, pino({ level: 'silent' })), loaded, pino({ level: 'silent' }));
     cleanup.push(() => reloader.stop());
     expect(loaded.hash).toMatch(/^[0-9a-f]{64}$/);
 

@@ -4,7 +4,7 @@ import { afterEach, expect, it } from 'vitest';
 import { stringify } from 'yaml';
 import { Gateway } from '../../src/gateway.js';
 import { loadConfig } from '../../src/ops/config-load.js';
-import { Reloader } from '../../src/ops/reload.js';
+import { gatewayTarget, Reloader } from '../../src/ops/reload.js';
 import { writeConfig } from './serve-child.js';
 
 /** A reload that changes keepalive says what is now in force (and warns without the addon), as serve's start does. */
@@ -30,7 +30,7 @@ it('logs the keepalive in force when a reload changes it, and only then', async 
   cleanup.push(() => gw.close());
   const lines: { msg: string }[] = [];
   const log = pino({ level: 'info' }, { write: (l: string) => void lines.push(JSON.parse(l) as { msg: string }) });
-  const reloader = new Reloader(gw, loaded, log);
+  const reloader = new Reloader(gatewayTarget(gw, log), loaded, log);
   cleanup.push(() => reloader.stop());
   const keepalive = () => lines.filter((l) => /silent peer/.test(l.msg));
 

@@ -195,11 +195,11 @@ describe('the audit path deleted or replaced under the writer', () => {
     expect(audit.accepting).toBe(true);
     unlinkSync(file);
     mkdirSync(file);
-    (audit as unknown as { out: AuditFile }).out.check();
+    (audit as unknown as { sink: { out: AuditFile } }).sink.out.check();
     expect(audit.accepting).toBe(false);
     expect(audit.stats()).toMatchObject({ replaced: 1, reopenFailures: 1 });
     rmSync(file, { recursive: true });
-    (audit as unknown as { out: AuditFile }).out.check();
+    (audit as unknown as { sink: { out: AuditFile } }).sink.out.check();
     expect(audit.accepting).toBe(true);
     audit.close();
   });

@@ -135,7 +135,7 @@ describe('/metrics', () => {
   it('wa_egress_keepalive_mode says which keepalive is in force', async () => {
     const config = parse('');
     const audit = { stats: () => ({ written: 0, waitingLines: 0, waitingBytes: 0, dropped: 0 }), writable: true } as unknown as Audit;
-    const m = new Metrics({ config, tunnels: new Set(), audit, admission: new Admission(() => config.limits), openConnections: () => [] });
+    const m = new Metrics({ gateway: { config, tunnels: new Set(), admission: new Admission(() => config.limits), openConnections: () => [] }, audit });
     try {
       const p = parseProm(await m.text());
       const mode = keepaliveMode();

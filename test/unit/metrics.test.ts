@@ -3,7 +3,7 @@ import type { Audit } from '../../src/audit.js';
 import { parseConfig } from '../../src/config/load.js';
 import { auditChannel, configChannel, connectionChannel, dialChannel, dnsChannel, rangeFeedChannel } from '../../src/events.js';
 import { Admission } from '../../src/inbound/admission.js';
-import { Metrics, type Observed } from '../../src/ops/metrics.js';
+import { Metrics, type MetricsParts, type Observed } from '../../src/ops/metrics.js';
 import { parseProm } from '../integration/prom.js';
 
 /** Label values stay bounded whatever is published: unknown names and codes become `other`. */
@@ -16,14 +16,20 @@ const config = parseConfig(
   '/tmp/c.yaml',
 );
 
+const audit = { stats: () => ({ written: 7, waitingLines: 2, waitingBytes: 300, dropped: 1, replaced: 2, reopenFailures: 3 }), writable: true } as unknown as Audit;
+
 function observed(): Observed {
-  const audit = { stats: () => ({ written: 7, waitingLines: 2, waitingBytes: 300, dropped: 1, replaced: 2, reopenFailures: 3 }), writable: true } as unknown as Audit;
-  return { config, tunnels: new Set(), audit, admission: new Admission(() => config.limits), openConnections: () => [['proxy', 3]] };
+  return { config, tunnels: new Set(), admission: new Admission(() => config.limits), openConnections: () => [['proxy', 3]] };
+}
+
+/** Every part, as a single process counts. */
+function parts(gw: Observed): MetricsParts {
+  return { gateway: gw, audit, config: true };
 }
 
 describe('metrics labels', () => {
   it('maps a listener, rule, reason or close reason the configuration does not know to "other"', async () => {
-    const m = new Metrics(observed());
+    const m = new Metrics(parts(observed()));
     try {
       auditChannel.publish({ event: 'egress.denied', listener: 'proxy', proto: 'connect', reason: 'host_not_allowed', enforced: true });
       auditChannel.publish({ event: 'egress.denied', listener: 'evil.example', proto: 'connect', reason: 'made_up', rule: 'nope', enforced: false });
