@@ -1,10 +1,10 @@
-import { readConfigFile } from './read.js';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { isMap, isNode, LineCounter, parseDocument, type Document } from 'yaml';
 import type { z } from 'zod';
 import { ConfigError, type ConfigIssue } from '../errors.js';
 import { configErrorMap, knownKeys, nearest } from './messages.js';
+import { readConfigFile } from './read.js';
 import { configSchema, type Config } from './schema.js';
 
 /** The configuration shipped with the package: the WhatsApp policy. */
@@ -128,6 +128,6 @@ export function summarize(c: Config): string {
       .join(', ') || 'none';
   return (
     `${rules.length} rule${rules.length === 1 ? '' : 's'}, ${patterns} host pattern${patterns === 1 ? '' : 's'}, ` +
-    `${cidrs} CIDR${cidrs === 1 ? '' : 's'}${sources ? ` + ${sources} url:/dns: source${sources === 1 ? '' : 's'}` : ''}, ports ${ports.join(',') || 'none'}; mode ${c.policy.mode}; listen ${listeners}`
+    `${cidrs} CIDR${cidrs === 1 ? '' : 's'}${sources ? ` + ${sources} url:/dns: source${sources === 1 ? '' : 's'}` : ''}, ports ${ports.join(',') || 'none'}; mode ${c.policy.mode}; listen ${listeners}${c.workers === 1 ? '' : `; workers ${c.workers}`}`
   );
 }

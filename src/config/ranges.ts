@@ -1,8 +1,8 @@
-import { readConfigFile } from './read.js';
 import { dirname, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { unzipSync } from 'fflate';
 import { parseCidr, type Cidr } from '../net/ip.js';
+import { readConfigFile } from './read.js';
 
 /**
  * IP range files: text (one CIDR or address a line, `#` comments, blank

@@ -1,4 +1,3 @@
-import { readConfigFile } from './read.js';
 import { isAbsolute, resolve } from 'node:path';
 import { z } from 'zod';
 import { CidrSet, canonicalIp, parseCidr, type Cidr } from '../net/ip.js';
@@ -11,6 +10,7 @@ import { BUILTIN_RANGES, loadRangeFile } from './ranges.js';
 import { parseDnsSource, parseUrlSource, type RangeSource } from '../ranges/source.js';
 import { checkRouteNames, defaultRouteSchema, routesSchema, upstreamsSchema } from '../upstream/config.js';
 import { cidr, count, duration, listenAddress, parseListenAddress, pattern, port, size, type ListenAddress } from './fields.js';
+import { readConfigFile } from './read.js';
 
 export { parseDuration, parseListenAddress, parseSize, size, type ListenAddress } from './fields.js';
 
@@ -312,11 +312,22 @@ export function configSchema(baseDir: string) {
     clients: clientsSchema,
     /** Processes serving the listeners: 1 (this one), N, or auto (one per CPU the process may use). */
     workers: z
-      .union([z.literal('auto'), z.number().int().min(1).max(MAX_WORKERS)], { error: `expected a whole number from 1 to ${MAX_WORKERS}, or auto` })
+      .unknown()
+      .transform((v, ctx): number | 'auto' => {
+        if (v === 'auto' || (typeof v === 'number' && Number.isInteger(v) && v >= 1 && v <= MAX_WORKERS)) return v;
+        ctx.addIssue({ code: 'custom', message: `expected a whole number from 1 to ${MAX_WORKERS}, or auto` });
+        return z.NEVER;
+      })
       .default(1),
   })
     .superRefine(checkRouteNames)
-    .superRefine(checkClientRefs);
+    .superRefine(checkClientRefs)
+    .superRefine((c, ctx) => {
+      // Node's cluster would look a worker's listening descriptor up in the primary; the IP_TRANSPARENT socket is the worker's own.
+      if (c.listen.transparent && c.listen.transparent_mode === 'tproxy' && c.workers !== 1) {
+        ctx.addIssue({ code: 'custom', path: ['workers'], message: 'listen.transparent_mode: tproxy is served by one process: set workers: 1 (the redirect mode works with workers)' });
+      }
+    });
 }
 
 /** More would only contend for the cores (and the primary's audit writer). */

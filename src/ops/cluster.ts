@@ -182,8 +182,11 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
     first = undefined;
   }
 
-  /** Serving: every worker listens, none drains, and there are as many as wanted. */
-  const ready = () => !draining && members.size >= wanted && [...members.values()].every((m) => m.ready && !m.draining);
+  /** Serving: a worker listens and none drains but those leaving on purpose (a replacement may be starting). */
+  const ready = () => {
+    const staying = [...members.values()].filter((m) => !m.leaving);
+    return !draining && staying.some((m) => m.ready) && staying.every((m) => !m.draining);
+  };
   const ownMetrics = new Metrics({ audit: sink, config: true });
   ownMetrics.registry.registerMetric(restarts);
   new Gauge({

@@ -27,6 +27,8 @@ export interface Served {
   /** Wait for a log line (after the `after`-th) matching `pred`. */
   waitLog(pred: (l: LogLine) => boolean, after?: number): Promise<LogLine>;
   audit(name?: string): AuditRecord[];
+  /** What it wrote on stdout (audit.file "-"). */
+  stdout(): string;
   exited: Promise<number | null>;
   /** Write a new configuration over the file (atomically: a rename). */
   rewrite(config: object): void;
@@ -74,7 +76,8 @@ export async function serve(file: string, dir: string, listeners: string[]): Pro
   children.add(child);
   let err = '';
   child.stderr!.on('data', (d) => (err += d));
-  child.stdout!.resume();
+  let out = '';
+  child.stdout!.setEncoding('utf8').on('data', (d: string) => (out += d));
   const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
   const logs = () =>
     err
@@ -96,6 +99,7 @@ export async function serve(file: string, dir: string, listeners: string[]): Pro
     logs,
     waitLog,
     exited,
+    stdout: () => out,
     audit(name = 'audit.log') {
       const f = join(dir, name);
       if (!existsSync(f)) return [];

@@ -105,6 +105,10 @@ describe('deploy/kubernetes manifests', () => {
     expect(container.resources.requests).toBeDefined();
     expect(container.resources.limits.cpu).toBeDefined();
     expect(container.resources.limits.memory).toBeDefined();
+    // workers: auto, bounded by the CPU limit: every core the pod is given serves.
+    expect(config.workers).toBe('auto');
+    const cpus = Math.ceil(Number(String(container.resources.limits.cpu).replace(/m$/, '')) / (String(container.resources.limits.cpu).endsWith('m') ? 1000 : 1));
+    expect(cpus).toBeGreaterThanOrEqual(2);
     expect(deployment.spec.replicas).toBeGreaterThanOrEqual(2);
     const pdb = one<any>('PodDisruptionBudget');
     expect(pdb.spec.selector.matchLabels).toEqual(deployment.spec.selector.matchLabels);

@@ -1,0 +1,195 @@
+import { describe, expect, it } from 'vitest';
+import { spawnSync } from 'node:child_process';
+import { CLI, cleanEnv, eventually, RawClient, type AuditRecord } from '../helpers.js';
+import { parseProm } from './prom.js';
+import { connectTunnel, NO_DNS, perTest, reload, roundTrip, serve, writeConfig, type Served } from './serve-child.js';
+
+/**
+ * `workers: 2` on a real `wa-egress serve` child: one primary, two workers
+ * sharing the listeners. Connections reach both workers; the audit log
+ * (a file, or stdout as a pipe) stays one whole JSON line per record with
+ * ids unique across workers; /metrics answers for the group; a reload and
+ * a drain reach every worker; a worker that dies is replaced.
+ */
+
+const { echoServer } = perTest();
+
+function config(echoPort: number, extra: Record<string, unknown> = {}, hosts = ['a.test']) {
+  return {
+    workers: 2,
+    listen: { proxy: '127.0.0.1:0', admin: '127.0.0.1:0' },
+    policy: { rules: [{ name: 'echo', hosts, ports: [echoPort] }], allow_ranges: ['127.0.0.1/32'] },
+    dns: { hosts: { 'a.test': '127.0.0.1', 'b.test': '127.0.0.1' }, servers: [NO_DNS] },
+    audit: { file: 'audit.log' },
+    ...extra,
+  };
+}
+
+/** Started, with both workers serving (the admin listener opens once they are). */
+async function start(cfg: object): Promise<Served> {
+  const { dir, file } = writeConfig(cfg);
+  const s = await serve(file, dir, ['admin']);
+  await s.waitLog((l) => l.msg === 'listening' && l.listener === 'proxy');
+  return s;
+}
+
+async function scrape(s: Served): Promise<Map<string, number>> {
+  const res = await fetch(`http://127.0.0.1:${s.port('admin')}/metrics`);
+  expect(res.status).toBe(200);
+  return parseProm(await res.text());
+}
+
+/** `<boot>.<worker>-<seq>`: the worker part of a connection id. */
+const workerOf = (r: AuditRecord) => /^[0-9a-f]+\.(\d+)-\d+$/.exec(String(r.id))?.[1];
+
+/** One CONNECT tunnel after another, each with an echo round trip, then closed. */
+async function tunnels(s: Served, authority: string, n: number): Promise<number[]> {
+  const statuses: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const { client, status } = await connectTunnel(s.port('proxy'), authority);
+    statuses.push(status);
+    if (status === 200) expect(await roundTrip(client, `hello ${i}`)).toBe(true);
+    client.destroy();
+  }
+  return statuses;
+}
+
+describe('workers: 2', () => {
+  it('both workers serve one listener; ids are unique across them; /metrics sums the group; /readyz is 200', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port));
+    expect(s.logs().filter((l) => l.msg === 'worker serving')).toHaveLength(2);
+    expect(await tunnels(s, `a.test:${echo.port}`, 12)).toEqual(Array(12).fill(200));
+    expect((await connectTunnel(s.port('proxy'), `b.test:${echo.port}`)).status).toBe(403);
+
+    const records = await eventually(() => {
+      const r = s.audit();
+      return r.filter((x) => x.event === 'egress.closed').length === 12 && r.length === 25 && r;
+    });
+    const decisions = records.filter((r) => r.event !== 'egress.closed');
+    expect(new Set(decisions.map((r) => r.id)).size).toBe(13);
+    expect(new Set(records.map(workerOf))).toEqual(new Set(['1', '2']));
+
+    const m = await scrape(s);
+    expect(m.get('wa_egress_connections_accepted_total{listener="proxy"}')).toBe(13);
+    expect(m.get('wa_egress_decisions_total{listener="proxy",decision="allowed",rule="echo",reason="",enforced=""}')).toBe(12);
+    expect(m.get('wa_egress_decisions_total{listener="proxy",decision="denied",rule="",reason="host_not_allowed",enforced="true"}')).toBe(1);
+    expect(m.get('wa_egress_audit_records_written_total')).toBe(25);
+    expect(m.get('wa_egress_workers{state="serving"}')).toBe(2);
+    expect(m.get('wa_egress_worker_restarts_total')).toBe(0);
+    // The group's configuration, once; one keepalive mode, not a sum.
+    expect([...m.keys()].filter((k) => k.startsWith('wa_egress_config_info{'))).toHaveLength(1);
+    expect([...m.entries()].filter(([k, v]) => k.startsWith('wa_egress_keepalive_mode{') && v === 1)).toHaveLength(1);
+    expect((await fetch(`http://127.0.0.1:${s.port('admin')}/readyz`)).status).toBe(200);
+  });
+
+  it('audit on stdout as a pipe: records longer than PIPE_BUF from both workers at once stay whole lines, none lost', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port, { audit: { file: '-' } }));
+    // A bad port is quoted in the record's error: 6,000 digits make a record over 4 KiB.
+    const long = '9'.repeat(6000);
+    const clients = await Promise.all(Array.from({ length: 40 }, () => RawClient.connect(s.port('proxy'))));
+    await Promise.all(
+      clients.map(async (c, i) => {
+        c.write(`CONNECT a.test:${long}${i} HTTP/1.1\r\nHost: x\r\n\r\n`);
+        expect((await c.head()).status).toBe(400);
+        c.destroy();
+      }),
+    );
+    s.child.kill('SIGTERM');
+    expect(await s.exited).toBe(0);
+    const lines = s.stdout().split('\n').filter(Boolean);
+    const records = lines.map((l) => JSON.parse(l) as AuditRecord);
+    const denied = records.filter((r) => r.event === 'egress.denied');
+    expect(denied).toHaveLength(40);
+    expect(denied.every((r) => r.reason === 'bad_request' && String(r.error).includes(long))).toBe(true);
+    expect(lines.every((l) => l.length > 4096)).toBe(true);
+    expect(new Set(denied.map((r) => r.id)).size).toBe(40);
+    expect(new Set(denied.map(workerOf))).toEqual(new Set(['1', '2']));
+  });
+
+  it('a reload reaches every worker, and a refused one changes none', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port));
+    expect(await tunnels(s, `b.test:${echo.port}`, 4)).toEqual([403, 403, 403, 403]);
+
+    s.rewrite(config(echo.port, {}, ['a.test', 'b.test']));
+    expect((await reload(s)).msg).toBe('configuration reloaded');
+    const before = s.audit().length;
+    expect(await tunnels(s, `b.test:${echo.port}`, 6)).toEqual(Array(6).fill(200));
+
+    s.rewrite({ ...config(echo.port, {}, ['a.test']), workers: 0 });
+    const rejected = await reload(s);
+    expect(rejected.msg).toMatch(/^reload rejected/);
+    expect(String(rejected.problems)).toContain('workers');
+    expect(await tunnels(s, `b.test:${echo.port}`, 6)).toEqual(Array(6).fill(200));
+
+    const after = await eventually(() => {
+      const r = s.audit().slice(before);
+      return r.filter((x) => x.event === 'egress.closed').length === 12 && r;
+    });
+    const allowed = after.filter((r) => r.event === 'egress.allowed');
+    expect(allowed).toHaveLength(12);
+    expect(new Set(allowed.map(workerOf))).toEqual(new Set(['1', '2']));
+    expect((await scrape(s)).get('wa_egress_config_loads_total{result="invalid"}')).toBe(1);
+  });
+
+  it('a worker that dies is replaced, logged and counted; the others keep their tunnels', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port));
+    const open = await connectTunnel(s.port('proxy'), `a.test:${echo.port}`);
+    expect(open.status).toBe(200);
+    const served = s.logs().filter((l) => l.msg === 'worker serving');
+    // The worker that does not hold the tunnel dies.
+    const holder = await eventually(() => s.audit().find((r) => r.event === 'egress.allowed'));
+    const victim = served.find((l) => String(l.worker) !== workerOf(holder))!;
+    const n = s.logs().length;
+    process.kill(Number(victim.worker_pid), 'SIGKILL');
+    const died = await s.waitLog((l) => l.msg === 'worker died; starting another', n);
+    expect(died).toMatchObject({ worker: victim.worker, signal: 'SIGKILL' });
+    const fresh = await s.waitLog((l) => l.msg === 'worker serving', n);
+    expect(fresh.worker).toBe(3);
+    expect(await roundTrip(open.client, 'still here')).toBe(true);
+    expect(await tunnels(s, `a.test:${echo.port}`, 4)).toEqual(Array(4).fill(200));
+    const m = await scrape(s);
+    expect(m.get('wa_egress_worker_restarts_total')).toBe(1);
+    expect(m.get('wa_egress_workers{state="serving"}')).toBe(2);
+    open.client.destroy();
+  });
+
+  it('SIGTERM drains every worker: /readyz 503 at once, open tunnels in both finish, every record written, exit 0', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port, { shutdown: { delay: '1s', drain_timeout: '1m' } }));
+    const open: RawClient[] = [];
+    for (let i = 0; i < 4; i++) {
+      const t = await connectTunnel(s.port('proxy'), `a.test:${echo.port}`);
+      expect(t.status).toBe(200);
+      open.push(t.client);
+    }
+    const holders = await eventually(() => {
+      const r = s.audit().filter((x) => x.event === 'egress.allowed');
+      return r.length === 4 && r;
+    });
+    expect(new Set(holders.map(workerOf))).toEqual(new Set(['1', '2']));
+    const n = s.logs().length;
+    s.child.kill('SIGTERM');
+    await s.waitLog((l) => l.msg === 'stopping: draining every worker', n);
+    expect((await fetch(`http://127.0.0.1:${s.port('admin')}/readyz`)).status).toBe(503);
+    await eventually(() => s.logs().slice(n).filter((l) => l.msg === 'listeners stopped accepting').length === 2);
+    for (const c of open) expect(await roundTrip(c, 'draining')).toBe(true);
+    for (const c of open) c.destroy();
+    expect(await s.exited).toBe(0);
+    const closed = s.audit().filter((r) => r.event === 'egress.closed');
+    expect(closed).toHaveLength(4);
+    expect(closed.every((r) => r.close_reason === 'client_closed')).toBe(true);
+  });
+
+  it('a listener that cannot bind stops the start at its key (exit 1)', async () => {
+    const echo = await echoServer();
+    const cfg = config(echo.port);
+    const { dir, file } = writeConfig({ ...cfg, listen: { proxy: `127.0.0.1:${echo.port}` } });
+    const r = spawnSync(process.execPath, [CLI, 'serve', '--config', file], { cwd: dir, env: cleanEnv(), encoding: 'utf8', timeout: 30_000 });
+    expect(r.status).toBe(1);
+    expect(r.stderr).toMatch(/config\.yaml:\d+:\d+: listen\.proxy: cannot listen on 127\.0\.0\.1:\d+: the address is already in use/);
+  });
+});
