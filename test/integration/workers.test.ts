@@ -1,5 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { spawnSync } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
+import { readFileSync, renameSync } from 'node:fs';
+import { join } from 'node:path';
 import { CLI, cleanEnv, eventually, RawClient, type AuditRecord } from '../helpers.js';
 import { parseProm } from './prom.js';
 import { connectTunnel, NO_DNS, perTest, reload, roundTrip, serve, writeConfig, type Served } from './serve-child.js';
@@ -182,6 +184,63 @@ describe('workers: 2', () => {
     const closed = s.audit().filter((r) => r.event === 'egress.closed');
     expect(closed).toHaveLength(4);
     expect(closed.every((r) => r.close_reason === 'client_closed')).toBe(true);
+  });
+
+  it('audit.on_error deny: once the primary cannot write (stdout a closed pipe), every worker refuses new connections', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port, { audit: { file: '-' } }));
+    s.child.stdout!.destroy();
+    expect((await connectTunnel(s.port('proxy'), `b.test:${echo.port}`)).status).toBe(403);
+    await s.waitLog((l) => l.msg === 'audit log cannot be written: refusing new connections');
+    const answers = await Promise.all(Array.from({ length: 6 }, () => connectTunnel(s.port('proxy'), `a.test:${echo.port}`)));
+    expect(answers.map((a) => a.status)).toEqual(Array(6).fill(503));
+    for (const a of answers) a.client.destroy();
+  });
+
+  it('SIGUSR1 to the primary reopens the audit file: records of both workers after a move land in the new file', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port));
+    expect(await tunnels(s, `a.test:${echo.port}`, 4)).toEqual(Array(4).fill(200));
+    await eventually(() => s.audit().length === 8);
+    renameSync(join(s.dir, 'audit.log'), join(s.dir, 'audit.log.1'));
+    const n = s.logs().length;
+    s.child.kill('SIGUSR1');
+    await s.waitLog((l) => l.msg === 'audit file reopened', n);
+    expect(await tunnels(s, `a.test:${echo.port}`, 4)).toEqual(Array(4).fill(200));
+    const fresh = await eventually(() => s.audit().length === 8 && s.audit());
+    expect(new Set(fresh.map(workerOf))).toEqual(new Set(['1', '2']));
+    expect(s.audit('audit.log.1')).toHaveLength(8);
+  });
+
+  it("a signal to the whole process group (a terminal's Ctrl-C) is one drain, not a drain and its end", async () => {
+    const echo = await echoServer();
+    const { dir, file } = writeConfig(config(echo.port, { shutdown: { delay: '0s', drain_timeout: '1m' } }));
+    const child = spawn(process.execPath, [CLI, 'serve', '--config', file], { cwd: dir, env: cleanEnv(), detached: true, stdio: ['ignore', 'ignore', 'pipe'] });
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    const exited = new Promise<number | null>((r) => child.once('exit', (code) => r(code)));
+    try {
+      const admin = await eventually(() => /"listener":"admin","address":"127\.0\.0\.1:(\d+)"/.exec(err)?.[1], 15_000);
+      const proxy = Number(/"listener":"proxy","address":"127\.0\.0\.1:(\d+)"/.exec(err)![1]);
+      expect((await fetch(`http://127.0.0.1:${admin}/readyz`)).status).toBe(200);
+      const open = await connectTunnel(proxy, `a.test:${echo.port}`);
+      expect(open.status).toBe(200);
+      process.kill(-child.pid!, 'SIGINT');
+      await eventually(() => err.split('\n').filter((l) => l.includes('"msg":"listeners stopped accepting"')).length === 2);
+      // Still draining, not closed: the tunnel works.
+      expect(await roundTrip(open.client, 'after ctrl-c')).toBe(true);
+      expect(err).not.toContain('second signal');
+      open.client.destroy();
+      expect(await exited).toBe(0);
+      const closed = readFileSync(join(dir, 'audit.log'), 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditRecord).filter((r) => r.event === 'egress.closed');
+      expect(closed).toMatchObject([{ close_reason: 'client_closed' }]);
+    } finally {
+      try {
+        process.kill(-child.pid!, 'SIGKILL');
+      } catch {
+        // already gone
+      }
+    }
   });
 
   it('a listener that cannot bind stops the start at its key (exit 1)', async () => {
