@@ -44,6 +44,8 @@ Signals:
                     one is logged and the running one stays; open tunnels are
                     kept)
   SIGUSR1           reopen audit.file by its name (after logrotate moved it)
+With workers: above 1 this process is the primary and relays each signal to
+every worker; the workers ignore signals sent to them.
 
 Operational logs go to stderr as JSON lines (WA_EGRESS_LOG_LEVEL: debug, info,
 warn, error; default info); audit records go where audit.file says.

@@ -45,6 +45,8 @@ interface Member {
   leaving: boolean;
   /** Both exit and disconnect: every message it sent has been read. */
   gone: Promise<void>;
+  /** The configuration it was sent last. */
+  hash?: string;
 }
 
 export interface PrimaryStart {
@@ -110,6 +112,9 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
     for (const [n, entry] of waiting) if (entry.left.delete(id) && entry.left.size === 0) finish(n);
   }
 
+  /** Workers not on their way out. */
+  const staying = () => [...members.values()].filter((m) => !m.leaving);
+
   cluster.setupPrimary({ serialization: 'advanced' });
   let first: { resolve: () => void; reject: (err: unknown) => void } | undefined;
 
@@ -129,24 +134,29 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
       forget(worker.id);
       check();
       if (m.leaving || draining) return;
-      if (first) return first.reject(Object.assign(new Error(`worker ${worker.id} exited while starting (code ${code}, signal ${signal})`), {}));
+      if (first) return first.reject(new Error(`worker ${worker.id} exited while starting (code ${code}, signal ${signal})`));
       restarts.inc();
       const quick = Date.now() - m.startedAt < HEALTHY_MS;
       crashes = quick ? crashes + 1 : 0;
       const delay = BACKOFF_MS[Math.min(crashes, BACKOFF_MS.length - 1)]!;
       log.error({ worker: worker.id, worker_pid: worker.process.pid, code, signal, restart_in_ms: delay }, 'worker died; starting another');
-      setTimeout(() => void (draining || members.size >= wanted || fork()), delay);
+      setTimeout(() => void (draining || staying().length >= wanted || fork()), delay);
     });
     worker.on('message', (msg: FromWorker) => {
       switch (msg.t) {
         case 'hello':
-          // The configuration in force now: a reload between fork and hello is not missed.
+          m.hash = bytes.hash;
           return sendTo(m, { t: 'start', ...bytes, idPrefix: `${boot}.${worker.id}`, own, writable: sink.writable, metrics: config.listen.admin !== undefined });
         case 'lines':
           for (const line of msg.lines) sink.write(line);
           return;
         case 'ready':
           m.ready = true;
+          // A reload while it was starting reached the others only: it catches up (no answer is awaited).
+          if (m.hash !== bytes.hash) {
+            m.hash = bytes.hash;
+            sendTo(m, { t: 'apply', seq: 0, ...bytes });
+          }
           log.info({ worker: worker.id, worker_pid: worker.process.pid }, 'worker serving');
           if (first && [...members.values()].filter((x) => x.ready).length >= wanted) first.resolve();
           return;
@@ -183,10 +193,7 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
   }
 
   /** Serving: a worker listens and none drains but those leaving on purpose (a replacement may be starting). */
-  const ready = () => {
-    const staying = [...members.values()].filter((m) => !m.leaving);
-    return !draining && staying.some((m) => m.ready) && staying.every((m) => !m.draining);
-  };
+  const ready = () => !draining && staying().some((m) => m.ready) && staying().every((m) => !m.draining);
   const ownMetrics = new Metrics({ audit: sink, config: true });
   ownMetrics.registry.registerMetric(restarts);
   new Gauge({
@@ -230,7 +237,7 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
     if (count === wanted) return;
     log.info({ from: wanted, to: count }, 'workers: changing the number of workers');
     wanted = count;
-    const live = [...members.values()].filter((m) => !m.leaving);
+    const live = staying();
     for (let i = live.length; i < count; i++) fork();
     for (const m of live.slice(count).reverse()) {
       m.leaving = true;
@@ -251,6 +258,7 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
       bytes = { file: next.file, snapshot: next.snapshot, hash: next.hash };
       config = next.config;
       await admin.move(next.config.listen.admin);
+      for (const m of members.values()) if (m.ready) m.hash = bytes.hash;
       const answers = (await ask((n) => ({ t: 'apply', seq: n, ...bytes }))) as string[][];
       resize(workerCount(next.config.workers));
       return [...new Set([...problems, ...answers.flat()])];

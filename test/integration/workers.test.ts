@@ -243,6 +243,31 @@ describe('workers: 2', () => {
     }
   });
 
+  it('a reload that changes workers starts more, or drains the newest and lets them go', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port));
+    s.rewrite({ ...config(echo.port), workers: 3 });
+    let n = s.logs().length;
+    expect((await reload(s)).msg).toBe('configuration reloaded');
+    await s.waitLog((l) => l.msg === 'worker serving' && l.worker === 3, n);
+    await eventually(async () => (await scrape(s)).get('wa_egress_workers{state="serving"}') === 3);
+    expect(await tunnels(s, `a.test:${echo.port}`, 6)).toEqual(Array(6).fill(200));
+    await eventually(() => s.audit().filter((r) => r.event === 'egress.closed').length === 6);
+    expect(new Set(s.audit().map(workerOf))).toEqual(new Set(['1', '2', '3']));
+
+    s.rewrite({ ...config(echo.port), workers: 1 });
+    n = s.logs().length;
+    expect((await reload(s)).msg).toBe('configuration reloaded');
+    await eventually(() => s.logs().slice(n).filter((l) => String(l.msg).startsWith('drain ended')).length === 2);
+    await eventually(async () => {
+      const m = await scrape(s);
+      return m.get('wa_egress_workers{state="serving"}') === 1 && m.get('wa_egress_workers{state="draining"}') === 0;
+    });
+    expect(s.logs().slice(n).some((l) => l.msg === 'worker died; starting another')).toBe(false);
+    expect(await tunnels(s, `a.test:${echo.port}`, 3)).toEqual(Array(3).fill(200));
+    expect((await fetch(`http://127.0.0.1:${s.port('admin')}/readyz`)).status).toBe(200);
+  });
+
   it('a listener that cannot bind stops the start at its key (exit 1)', async () => {
     const echo = await echoServer();
     const cfg = config(echo.port);
