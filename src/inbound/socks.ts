@@ -101,7 +101,11 @@ class Handshake {
   private readonly attempt: Attempt;
   private readonly timer: NodeJS.Timeout;
   private readonly onData = (chunk: Buffer) => this.receive(chunk);
-  private readonly onError = () => this.stop();
+  private readonly onError = (err: NodeJS.ErrnoException) => {
+    // As at an early FIN: a connection that sent nothing asked for nothing.
+    if (this.socket.bytesRead === 0) return this.stop();
+    this.record('bad_request', `client connection failed during the ${this.state}: ${err.code ?? err.message}`);
+  };
   private readonly onClose = () => clearTimeout(this.timer);
   private readonly onEnd = () => {
     // A connection that closes without a byte (a health check, a port
@@ -277,12 +281,18 @@ class Handshake {
 
   /** Audit a refused handshake, answer if there is an answer, and close. */
   private refuse(reason: Reason, message: string, reply?: Buffer): void {
-    if (this.state === 'dialling' || this.socket.destroyed) return;
+    if (this.socket.destroyed || !this.record(reason, message)) return;
+    if (reply && this.socket.writable) this.socket.end(reply, () => this.socket.destroy());
+    else this.socket.destroy();
+  }
+
+  /** The handshake's one refusal record; false if it has already ended (refused, or handed to the dial). */
+  private record(reason: Reason, message: string): boolean {
+    if (this.state === 'dialling') return false;
     this.state = 'dialling'; // no further parsing
     this.stop();
     this.ctx.audit.denied(this.attempt, { reason, enforced: true, error: message });
-    if (reply && this.socket.writable) this.socket.end(reply, () => this.socket.destroy());
-    else this.socket.destroy();
+    return true;
   }
 
   private stop(): void {

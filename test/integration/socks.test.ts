@@ -542,6 +542,21 @@ describe('SOCKS5 malformed and truncated input', () => {
     await expectWorking(env);
   });
 
+  it('a client that resets the connection in the middle of its request leaves a bad_request record', async () => {
+    const env = await setup();
+    const client = await RawClient.connect(env.gw.port);
+    client.write(GREETING);
+    await client.bytes(2); // the greeting was read: the handshake is under way
+    await new Promise((r) => client.socket.write(Buffer.from([5, 1, 0, 3, 14, ...Buffer.from('g.what')]), r));
+    client.socket.resetAndDestroy();
+    const records = await eventually(() => env.gw.audit().length > 0 && env.gw.audit());
+    expect(records).toHaveLength(1);
+    expect(records[0]).toMatchObject({ event: 'egress.denied', reason: 'bad_request', listener: 'socks', enforced: true });
+    // The kernel reports the reset as an error or, with the data read first, as the end of the stream.
+    expect(String(records[0]!.error)).toMatch(/^client (connection failed during the request: ECONNRESET|ended the request early)$/);
+    await expectWorking(env);
+  });
+
   it('records what of the target could be read (port 0)', async () => {
     const env = await setup();
     await rawExchange(env.gw.port, handshake(reqDomain('G.WhatsApp.net', 0)));
