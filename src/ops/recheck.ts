@@ -1,4 +1,4 @@
-import { decideConnected } from '../decide.js';
+import { decideAt, decideConnected } from '../decide.js';
 import type { Gateway } from '../gateway.js';
 import type { Logger } from '../log.js';
 import { canonicalIp } from '../net/ip.js';
@@ -52,7 +52,9 @@ export async function recheckTunnels(gw: Gateway, log?: Logger): Promise<{ check
       closed++;
       continue;
     }
-    const d = await decideConnected(ctx, target, tunnel.destIp, a.user);
+    // A transparent tunnel judged by its address alone had no SNI: a rule's (or the policy's) require_sni applies to it.
+    const d =
+      a.proto === 'transparent' && ip ? await decideAt(ctx, target, tunnel.destIp, { nameless: true }) : await decideConnected(ctx, target, tunnel.destIp, a.user);
     checked++;
     if (!gw.tunnels.has(tunnel)) continue; // closed meanwhile
     if (d.wouldDeny) ctx.audit.denied(a, { ...d.wouldDeny, dest_ip: tunnel.destIp, enforced: false });

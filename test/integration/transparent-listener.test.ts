@@ -14,6 +14,8 @@ import type { EgressContext } from '../../src/egress.js';
 import { Admission } from '../../src/inbound/admission.js';
 import { MAX_HELLO_BYTES } from '../../src/inbound/sni.js';
 import { createTransparentServer } from '../../src/inbound/transparent.js';
+import type { Gateway } from '../../src/gateway.js';
+import { recheckTunnels } from '../../src/ops/recheck.js';
 import { SelfAddresses } from '../../src/net/self.js';
 import { eventually, startTcpServer, type AuditRecord, type TestServer } from '../helpers.js';
 
@@ -42,18 +44,22 @@ afterEach(async () => {
 });
 
 let n = 0;
-async function start(limits: Record<string, number> = {}, handshake = '2s'): Promise<{ port: number; records: () => AuditRecord[]; accepted: () => number }> {
-  const file = join(dir, `audit-${++n}.log`);
-  const config = parseConfig(
+function configWith(limits: Record<string, number>, handshake: string, policy: Record<string, unknown> = {}) {
+  return parseConfig(
     stringify({
       listen: { transparent: '127.0.0.1:0' },
-      policy: { rules: [{ name: 'local', ip_ranges: ['127.0.0.1/32'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'] },
+      policy: { rules: [{ name: 'local', ip_ranges: ['127.0.0.1/32'], ports: [echo.port] }], allow_ranges: ['127.0.0.1/32'], ...policy },
       dns: { servers: ['127.0.0.1:9'] },
       timeouts: { handshake },
       limits,
     }),
     join(dir, 'config.yaml'),
   );
+}
+
+async function start(limits: Record<string, number> = {}, handshake = '2s'): Promise<{ port: number; records: () => AuditRecord[]; accepted: () => number; ctx: EgressContext }> {
+  const file = join(dir, `audit-${++n}.log`);
+  const config = configWith(limits, handshake);
   audit = new Audit({ file, onError: 'deny' });
   const ctx: EgressContext = {
     ...decisionContext(config, new SelfAddresses()),
@@ -81,7 +87,7 @@ async function start(limits: Record<string, number> = {}, handshake = '2s'): Pro
     audit.flushSync();
     return existsSync(file) ? readFileSync(file, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as AuditRecord) : [];
   };
-  return { port: (server.address() as AddressInfo).port, records, accepted: () => accepted };
+  return { port: (server.address() as AddressInfo).port, records, accepted: () => accepted, ctx };
 }
 
 /** Send `data` (then FIN), collect everything that comes back until the connection closes. */
@@ -109,6 +115,27 @@ describe('transparent listener', () => {
     const bogus = Buffer.concat([Buffer.from([22, 3, 1, 0, 8, 9, 9, 9, 9]), Buffer.from('and more')]);
     expect((await exchange(port, bogus)).equals(bogus)).toBe(true);
     expect(records().find((r) => r.event === 'egress.allowed')).toMatchObject({ rule: 'local', dest_host: '127.0.0.1', dest_ip: '127.0.0.1' });
+  });
+
+  it('recheck_tunnels: a tunnel judged by its address alone (no SNI) is closed when the new policy requires SNI', async () => {
+    const { port, records, ctx } = await start();
+    const client = net.connect(port, '127.0.0.1');
+    await new Promise((r) => client.once('connect', r));
+    client.write('plain bytes');
+    await new Promise((r) => client.once('data', r));
+    const allowed = await eventually(() => records().find((r) => r.event === 'egress.allowed'));
+    expect(allowed).toMatchObject({ dest_host: '127.0.0.1', rule: 'local' });
+
+    // The same policy judges the tunnel allowed again; with require_sni it is denied.
+    const same = { context: { ...ctx, ...decisionContext(configWith({}, '2s'), new SelfAddresses()) }, tunnels: ctx.tunnels } as unknown as Gateway;
+    expect(await recheckTunnels(same)).toEqual({ checked: 1, closed: 0 });
+    const strict = { context: { ...ctx, ...decisionContext(configWith({}, '2s', { require_sni: true }), new SelfAddresses()) }, tunnels: ctx.tunnels } as unknown as Gateway;
+    const closedNow = new Promise((r) => client.once('close', r));
+    expect(await recheckTunnels(strict)).toEqual({ checked: 1, closed: 1 });
+    await closedNow;
+    const denied = await eventually(() => records().find((r) => r.event === 'egress.denied'));
+    expect(denied).toMatchObject({ id: allowed.id, reason: 'sni_required', enforced: true, dest_ip: '127.0.0.1' });
+    expect(await eventually(() => records().find((r) => r.event === 'egress.closed'))).toMatchObject({ id: allowed.id, close_reason: 'policy_changed' });
   });
 
   it('a client that closes without a byte leaves no record', async () => {
