@@ -74,8 +74,10 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
   }
 
   const restarts = new Counter({ name: 'wa_egress_worker_restarts_total', help: 'Workers that died and were replaced', registers: [] });
+  // A worker may be on its way out: a message it can no longer take is not an error of the primary's.
+  const unsent = () => {};
   const sendTo = (m: Member, message: ToWorker) => {
-    if (m.worker.isConnected()) m.worker.send(message);
+    if (m.worker.isConnected()) m.worker.send(message, undefined, undefined, unsent);
   };
   function broadcast(message: ToWorker): void {
     for (const m of members.values()) sendTo(m, message);
@@ -128,6 +130,7 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
     members.set(worker.id, m);
     const check = () => exited && disconnected && settle();
     worker.on('disconnect', () => ((disconnected = true), check()));
+    worker.on('error', (err) => log.debug({ err, worker: worker.id }, 'worker channel error'));
     worker.on('exit', (code, signal) => {
       exited = true;
       members.delete(worker.id);

@@ -17,9 +17,10 @@ import { recheckAfterReload } from './recheck.js';
  * relays them once. Its audit lines go to the primary, which writes them.
  */
 
-function send(message: FromWorker, done?: () => void): void {
-  if (!process.connected) return void done?.();
-  process.send!(message, undefined, undefined, done ? () => done() : undefined);
+/** To the primary; `done` once written (or at once when the primary is gone: nobody reads any more). */
+function send(message: FromWorker, done: () => void = () => {}): void {
+  if (!process.connected) return done();
+  process.send!(message, undefined, undefined, () => done());
 }
 
 /** Audit lines, handed to the primary once per turn of the event loop (one message for many records). */

@@ -41,6 +41,15 @@ async function scrape(s: Served): Promise<Map<string, number>> {
   return parseProm(await res.text());
 }
 
+/** Poll an asynchronous condition (a scrape); the deadline is a hang guard. */
+async function until(fn: () => Promise<boolean>, ms = 15_000): Promise<void> {
+  const end = Date.now() + ms;
+  while (!(await fn())) {
+    if (Date.now() > end) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}
+
 /** `<boot>.<worker>-<seq>`: the worker part of a connection id. */
 const workerOf = (r: AuditRecord) => /^[0-9a-f]+\.(\d+)-\d+$/.exec(String(r.id))?.[1];
 
@@ -250,7 +259,7 @@ describe('workers: 2', () => {
     let n = s.logs().length;
     expect((await reload(s)).msg).toBe('configuration reloaded');
     await s.waitLog((l) => l.msg === 'worker serving' && l.worker === 3, n);
-    await eventually(async () => (await scrape(s)).get('wa_egress_workers{state="serving"}') === 3);
+    await until(async () => (await scrape(s)).get('wa_egress_workers{state="serving"}') === 3);
     expect(await tunnels(s, `a.test:${echo.port}`, 6)).toEqual(Array(6).fill(200));
     await eventually(() => s.audit().filter((r) => r.event === 'egress.closed').length === 6);
     expect(new Set(s.audit().map(workerOf))).toEqual(new Set(['1', '2', '3']));
@@ -259,7 +268,7 @@ describe('workers: 2', () => {
     n = s.logs().length;
     expect((await reload(s)).msg).toBe('configuration reloaded');
     await eventually(() => s.logs().slice(n).filter((l) => String(l.msg).startsWith('drain ended')).length === 2);
-    await eventually(async () => {
+    await until(async () => {
       const m = await scrape(s);
       return m.get('wa_egress_workers{state="serving"}') === 1 && m.get('wa_egress_workers{state="draining"}') === 0;
     });
