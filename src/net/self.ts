@@ -1,6 +1,7 @@
+import { readFileSync } from 'node:fs';
 import { networkInterfaces } from 'node:os';
 import { classify } from './classify.js';
-import { canonicalIp } from './ip.js';
+import { bigIntToV6, canonicalIp } from './ip.js';
 
 /**
  * The proxy's own listening sockets, so that a destination that would loop
@@ -42,12 +43,46 @@ export class SelfAddresses {
     // Interface addresses change rarely; re-read them at most once a second.
     const now = Date.now();
     if (!this.local || now - this.localAt > 1000) {
-      this.local = new Set();
-      for (const list of Object.values(networkInterfaces())) {
-        for (const a of list ?? []) this.local.add(canonicalIp(a.address.split('%')[0]!)?.ip ?? a.address);
-      }
+      this.local = localAddresses();
       this.localAt = now;
     }
     return this.local.has(ip);
+  }
+}
+
+/**
+ * Every address this host (its network namespace) accepts connections on.
+ * libuv's list leaves out interfaces not both UP and RUNNING, and a link
+ * just brought up is RUNNING only after the kernel's link watch (up to a
+ * second later), or never while its carrier is down, although its
+ * addresses already accept local connections: on Linux the kernel's own
+ * tables are read as well (the IPv4 local routes, the IPv6 address list).
+ */
+export function localAddresses(): Set<string> {
+  const local = new Set<string>();
+  for (const list of Object.values(networkInterfaces())) {
+    for (const a of list ?? []) local.add(canonicalIp(a.address.split('%')[0]!)?.ip ?? a.address);
+  }
+  if (process.platform !== 'linux') return local;
+  // "|-- 10.0.0.1" followed by "/32 host LOCAL": a local IPv4 address.
+  let last: string | undefined;
+  for (const line of readProc('/proc/net/fib_trie')) {
+    const node = /\|-- (\S+)/.exec(line);
+    if (node) last = node[1];
+    else if (last && /\/32 host LOCAL/.test(line)) local.add(last);
+  }
+  // 32 hex digits, then index, prefix length, scope, flags, name.
+  for (const line of readProc('/proc/net/if_inet6')) {
+    const hex = /^([0-9a-f]{32})\s/.exec(line)?.[1];
+    if (hex) local.add(bigIntToV6(BigInt(`0x${hex}`)));
+  }
+  return local;
+}
+
+function readProc(path: string): string[] {
+  try {
+    return readFileSync(path, 'utf8').split('\n');
+  } catch {
+    return [];
   }
 }
