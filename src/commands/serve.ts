@@ -14,6 +14,7 @@ import { Metrics } from '../ops/metrics.js';
 import { runWorker } from '../ops/worker.js';
 import { fromSource, publishConfigLoad } from '../ops/config-load.js';
 import { Drain } from '../ops/drain.js';
+import { EarlySignals } from '../ops/early-signals.js';
 import { gatewayTarget, Reloader } from '../ops/reload.js';
 import { loadForServe, startFailure } from '../ops/startup.js';
 import type { Command } from './command.js';
@@ -44,6 +45,8 @@ Signals:
                     one is logged and the running one stays; open tunnels are
                     kept)
   SIGUSR1           reopen audit.file by its name (after logrotate moved it)
+A SIGTERM or SIGINT while starting is acted on once the gateway runs (a
+second one exits at once, code 1).
 With workers: above 1 this process is the primary and relays each signal to
 every worker; the workers ignore signals sent to them.
 
@@ -59,9 +62,7 @@ async function run(args: string[]): Promise<void> {
   // A cluster worker (workers: above 1) gets its configuration from the primary.
   if (cluster.isWorker) return runWorker(createLogger(undefined, { worker: cluster.worker!.id }));
   const log = createLogger();
-  // Until the gateway runs, a SIGHUP (whose default ends the process) has nothing to reload.
-  const earlyHup = () => log.warn('SIGHUP while starting: the configuration is being loaded already');
-  process.on('SIGHUP', earlyHup);
+  const early = new EarlySignals(log);
   const file = serveConfigPath(values.config);
   const start = loadForServe(file, log);
   const { loaded, hash } = start;
@@ -71,7 +72,7 @@ async function run(args: string[]): Promise<void> {
   log.info({ keepalive_mode: keepaliveMode() }, describeKeepAlive(keepAlive));
   const warning = keepAliveWarning(keepAlive);
   if (warning) log.warn({ keepalive_mode: 'node' }, warning);
-  if (workerCount(config.workers) > 1) return runPrimary(start, log, () => process.removeListener('SIGHUP', earlyHup));
+  if (workerCount(config.workers) > 1) return runPrimary(start, log, () => early.release());
 
   const gw = await Gateway.start(config, log).catch((err: unknown) => startFailure(loaded, err, log));
   // /readyz: listening and not draining.
@@ -115,7 +116,6 @@ async function run(args: string[]): Promise<void> {
   };
   process.on('SIGTERM', () => stop('SIGTERM'));
   process.on('SIGINT', () => stop('SIGINT'));
-  process.removeListener('SIGHUP', earlyHup);
   process.on('SIGHUP', () => {
     if (drain.started) return void log.warn('SIGHUP while draining: not reloading');
     log.info({ signal: 'SIGHUP' }, 'reloading the configuration');
@@ -128,6 +128,8 @@ async function run(args: string[]): Promise<void> {
     gw.audit.flushSync();
     process.exit(1);
   });
+  const pending = early.release();
+  if (pending) stop(pending);
 }
 
 export const serve: Command = { words: ['serve'], summary: 'serve [--config FILE]     run the gateway (default: the bundled WhatsApp policy)', help, run };

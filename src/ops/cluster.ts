@@ -55,7 +55,8 @@ export interface PrimaryStart {
   snapshot: FileSnapshot;
 }
 
-export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () => void): Promise<void> {
+/** `started` is called once the primary's signal handlers are in place; it returns a stop signal that came before. */
+export async function runPrimary(start: PrimaryStart, log: Logger, started: () => string | undefined): Promise<void> {
   const { loaded } = start;
   let config: Config = loaded.config;
   let bytes: ConfigBytes = { file: loaded.file, snapshot: start.snapshot, hash: start.hash };
@@ -268,7 +269,6 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
     },
   };
   const reloader = new Reloader(target, fromSource(loaded), log);
-  onReady();
 
   let stopping: Promise<void> | undefined;
   const stop = (signal: string) => {
@@ -310,4 +310,6 @@ export async function runPrimary(start: PrimaryStart, log: Logger, onReady: () =
     sink.flushSync();
     process.exit(1);
   });
+  const pending = started();
+  if (pending) stop(pending);
 }

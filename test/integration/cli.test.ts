@@ -1,4 +1,4 @@
-import { execFile, type ChildProcess } from 'node:child_process';
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -118,6 +118,20 @@ describe('wa-egress serve', () => {
     expect(closed.map((r) => `${r.listener}:${r.close_reason}`).sort()).toEqual(['fwd:shutdown', 'proxy:shutdown', 'socks:shutdown']);
     for (const r of closed) expect(r).toMatchObject({ bytes_up: 1, bytes_down: 1 });
     expect(g.stderr()).toContain('"signal":"SIGTERM"');
+  });
+
+  // Before its handlers are installed, a SIGTERM's default would end the
+  // process at once: from the first log line on, it is held until started.
+  it.each([1, 2])('a SIGTERM while starting (workers: %i) stops the gateway once it runs, exit 0', async (workers) => {
+    const { file } = await writeTestConfig({ listen: { proxy: '127.0.0.1:0' }, policy, workers, audit: { file: 'audit.log' } });
+    const child = spawn(process.execPath, [CLI, 'serve', '--config', file], { stdio: ['ignore', 'ignore', 'pipe'], env: cleanEnv() });
+    onTestFinished(() => void child.kill('SIGKILL'));
+    let err = '';
+    child.stderr!.on('data', (d) => (err += d));
+    await eventually(() => err.includes('"msg":"configuration loaded"'), 20_000);
+    child.kill('SIGTERM');
+    expect(await exitCode(child)).toBe(0);
+    expect(err).toContain('"signal":"SIGTERM"');
   });
 
   it('logs at the level WA_EGRESS_LOG_LEVEL names', async () => {
