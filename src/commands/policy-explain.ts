@@ -16,6 +16,9 @@ Options:
       --dns-hosts FILE   pinned DNS answers, /etc/hosts format (ADDRESS NAME...)
       --offline          never query DNS: names not in dns.hosts or
                          --dns-hosts do not resolve
+      --user NAME        judge it for the proxy user NAME of clients.users
+                         (only its rules apply: user_not_allowed names a
+                         rule outside them that would allow it)
       --json             print the explanation as JSON
   -h, --help             show this help
 
@@ -41,11 +44,17 @@ export async function explainerOrExit(values: { config?: string; offline?: boole
 }
 
 async function run(args: string[]): Promise<void> {
-  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: dnsOptions });
+  const { values, positionals } = parseArgs({ args, allowPositionals: true, options: { ...dnsOptions, user: { type: 'string' } } });
   if (values.help) return void process.stdout.write(help);
   if (positionals.length !== 1) fail('expected: policy explain HOST:PORT', help);
   const ex = await explainerOrExit(values);
-  const e = await explain(ex, positionals[0]!);
+  const user = values.user;
+  if (user !== undefined && !ex.config.clients.users.some((u) => u.name === user)) {
+    const known = ex.config.clients.users.map((u) => u.name);
+    process.stderr.write(`wa-egress: --user ${user}: no such user in clients.users${known.length ? ` (${known.join(', ')})` : ' (it lists none)'}\n`);
+    process.exit(2);
+  }
+  const e = await explain(ex, positionals[0]!, user);
   process.stdout.write(values.json ? `${JSON.stringify(e, null, 2)}\n` : formatExplanation(e));
   process.exitCode = e.verdict === 'allow' ? 0 : 1;
 }

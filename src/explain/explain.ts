@@ -98,9 +98,13 @@ export interface Explanation {
   range_feeds?: FeedState[];
   /** A malformed destination: what is wrong with it. */
   error?: string;
+  /** Judged for this proxy user, and the rules it is limited to (absent: all of them). */
+  user?: { name: string; rules?: string[] };
 }
 
-export async function explain(ex: Explainer, authority: string): Promise<Explanation> {
+/** `user`: a proxy user of `clients.users` (its `rules` limit what it may reach), checked by the caller. */
+export async function explain(ex: Explainer, authority: string, user?: string): Promise<Explanation> {
+  const who = user === undefined ? undefined : { name: user, rules: ex.config.clients.users.find((u) => u.name === user)?.rules };
   let target;
   try {
     target = parseHostPort(authority.trim());
@@ -116,10 +120,11 @@ export async function explain(ex: Explainer, authority: string): Promise<Explana
       dns: { needed: false, answer: 'none' },
       addresses: [],
       error: err.message,
+      user: who,
     };
   }
   const trace = newTrace();
-  const d = await decide(ex.ctx, target, trace);
+  const d = await decide(ex.ctx, target, trace, user);
   const addresses = trace.addresses.map(
     (a): AddressExplanation => ({
       address: a.ip,
@@ -152,6 +157,7 @@ export async function explain(ex: Explainer, authority: string): Promise<Explana
     dns: dnsAnswer(ex, target.host, trace),
     addresses,
     range_feeds: ex.feeds?.filter((f) => trace.rules.includes(f.rule)),
+    user: who,
   };
 }
 
@@ -175,6 +181,7 @@ export function formatExplanation(e: Explanation): string {
   const head = e.verdict === 'allow' ? 'allow' : `${e.verdict} (${e.reason})`;
   const lines = [`${e.destination}: ${head}${e.mode === 'report' ? '   [report mode]' : ''}`];
   const row = (k: string, v: string) => lines.push(`  ${k.padEnd(10)}${v}`);
+  if (e.user) row('user', `${e.user.name}: ${e.user.rules ? `limited to rules ${e.user.rules.join(', ')}` : 'every rule'}`);
   if (e.error) {
     row('error', e.error);
     return `${lines.join('\n')}\n`;

@@ -124,6 +124,32 @@ describe('policy explain', () => {
     expect(off.stdout).toContain('ranges    fed: dns:ranges.test: not loaded: --offline');
   });
 
+  it('--user judges for a proxy user: only its rules, user_not_allowed naming the one outside them; an unknown user is exit 2', async () => {
+    const hash = 'scrypt:N=16384,r=8,p=1:xxoZUUujBElziKWt7P9PcQ:5btsbcidK6OPKtbgKAYslWvobvFOErua_ASKlfj04LM';
+    const users = write(
+      'users.yaml',
+      stringify({
+        listen: { proxy: '127.0.0.1:3999' },
+        clients: { users: [{ name: 'coreapp', password_hash: hash, rules: ['lab'] }, { name: 'ops', password_hash: hash }] },
+        policy: { rules: [{ name: 'api', hosts: ['api.example.com'], ports: [443] }, { name: 'lab', hosts: ['lab.example.com'], ports: [8443] }], allow_ranges: ['198.51.100.7/32'] },
+        dns: { hosts: { 'api.example.com': '93.184.216.34', 'lab.example.com': '198.51.100.7' }, servers: ['127.0.0.1:9'] },
+      }),
+    );
+    const run = (dest: string, ...extra: string[]) => cli(['policy', 'explain', dest, '--config', users, '--offline', ...extra]);
+    const outside = await run('api.example.com:443', '--user', 'coreapp', '--json');
+    expect(outside.code).toBe(1);
+    expect(JSON.parse(outside.stdout)).toMatchObject({ verdict: 'deny', reason: 'user_not_allowed', rule: 'api', user: { name: 'coreapp', rules: ['lab'] } });
+    const inside = await run('lab.example.com:8443', '--user', 'coreapp');
+    expect(inside.code).toBe(0);
+    expect(inside.stdout).toContain('user      coreapp: limited to rules lab');
+    // A user without rules, and no --user at all: every rule.
+    expect((await run('api.example.com:443', '--user', 'ops')).stdout).toContain('user      ops: every rule');
+    expect((await run('api.example.com:443')).code).toBe(0);
+    const unknown = await run('api.example.com:443', '--user', 'nobody');
+    expect(unknown.code).toBe(2);
+    expect(unknown.stderr).toContain('--user nobody: no such user in clients.users (coreapp, ops)');
+  });
+
   it('a bad configuration is reported with its key path, exit 2', async () => {
     const bad = write('bad.yaml', 'listen: {proxy: "127.0.0.1:0"}\npolicy: {rules: [{name: x, hosts: ["*"], ports: [443]}]}\n');
     const r = await cli(['policy', 'explain', 'a.example:443', '--config', bad]);
