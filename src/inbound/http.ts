@@ -35,7 +35,7 @@ export interface HttpListenerOptions {
   nextId: () => string;
   /** Connection limits (admission.ts); without it, only the descriptor budget applies. */
   admission?: Admission;
-  /** `limits.max_head_bytes`: Node's `maxHeaderSize`, and the CONNECT fast path's bound. */
+  /** `limits.max_head_bytes`: Node's `maxHeaderSize`, and the CONNECT fast path's bound (read per connection: reloads change it). */
   maxHeadBytes?: number;
 }
 
@@ -103,6 +103,12 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
   // (Node's default ends the connection at the client's FIN).
   (server as http.Server & { httpAllowHalfOpen: boolean }).httpAllowHalfOpen = true;
 
+  // Before Node's own 'connection' listener sets up the connection's parser
+  // with the server's maxHeaderSize: a reload may have changed the limit.
+  // (A plain property of http.Server, set from the option; @types/node omits it.)
+  server.prependListener('connection', () => {
+    (server as http.Server & { maxHeaderSize?: number }).maxHeaderSize = opts.maxHeadBytes;
+  });
   server.on('connection', (socket: Socket) => {
     server.headersTimeout = opts.handshakeTimeoutMs; // a reload may change it
     conns.set(socket, { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), requests: 0 });

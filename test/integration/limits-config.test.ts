@@ -161,6 +161,25 @@ describe('limits', () => {
     expect(await refusals(metrics, 'head_too_large')).toBe(2);
   });
 
+  it('max_head_bytes from a reload applies to the next connection, in Node’s parser too', async () => {
+    const origin = await startTcpServer('127.0.0.1', (s) => s.once('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok')));
+    cleanup.push(() => origin.close());
+    const { gw } = await setup({ max_head_bytes: '2KiB' }, { policy: { rules: [{ name: 'wa', hosts: ['g.whatsapp.net'], ports: [origin.port] }], allow_ranges: ['127.0.0.1/32'] } });
+    const get = async () => {
+      const c = await RawClient.connect(gw.port);
+      c.write(`GET http://g.whatsapp.net:${origin.port}/ HTTP/1.1\r\nHost: g.whatsapp.net\r\nX-Big: ${'a'.repeat(3000)}\r\n\r\n`);
+      const { status } = await c.head();
+      c.destroy();
+      return status;
+    };
+    expect(await get()).toBe(431);
+    const config = gw.gw.config;
+    expect(await gw.gw.apply({ ...config, limits: { ...config.limits, max_head_bytes: 8192 } })).toEqual([]);
+    expect(await get()).toBe(200);
+    expect(await gw.gw.apply({ ...config, limits: { ...config.limits, max_head_bytes: 2048 } })).toEqual([]);
+    expect(await get()).toBe(431);
+  });
+
   it('2,000 slowloris clients hold at most max_handshakes slots: tunnels and a well-behaved client are still served', { timeout: 60_000 }, async () => {
     const { gw, echo, metrics } = await setup({}, { timeouts: { handshake: '60s' } });
     const socksPort = gw.gw.address('socks').port;
