@@ -13,7 +13,7 @@ import type { Route } from './routes.js';
  * addresses, as net/dial.ts does), or through each parent in turn until one
  * connects. Through a parent the destination is sent by name (the parent
  * resolves) or, with `resolve: local` or a `socks5://` parent, as the
- * address the gateway checked. A parent's failure is `upstream_failed`,
+ * addresses the gateway checked, in turn while the parent cannot reach one. A parent's failure is `upstream_failed`,
  * `upstream_timeout` or `upstream_auth`; every message names the parent by
  * its key and redacted URL, never its credentials.
  */
@@ -57,18 +57,47 @@ export async function dialRoute(route: Route, target: Target, addresses: readonl
   throw new EgressError(last.reason, failures.map((f) => f.message).join('; '));
 }
 
+/**
+ * The parent answered, but could not reach the destination (HTTP 502/503/504,
+ * SOCKS5 network or host unreachable, refused, TTL expired): with the
+ * address sent, the next checked address is worth a try.
+ */
+class NotReached extends EgressError {}
+
 async function viaParent(up: Upstream, route: Route, target: Target, addresses: readonly string[], opts: RouteDialOptions): Promise<RouteDialled> {
-  const budget = up.connectTimeoutMs ?? opts.timeoutMs;
-  const deadline = Date.now() + budget;
-  const local = route.resolve === 'local' || up.kind === 'socks5';
-  const checked = addresses[0]!;
-  const dest: Target = local ? { host: checked, port: target.port, family: checked.includes(':') ? 6 : 4 } : target;
-  const label = `upstream ${up.name} (${up.display})`;
-  const socket = await connectParent(up, label, budget, opts);
+  const deadline = Date.now() + (up.connectTimeoutMs ?? opts.timeoutMs);
   const left = () => Math.max(1, deadline - Date.now());
+  const label = `upstream ${up.name} (${up.display})`;
+  if (route.resolve !== 'local' && up.kind !== 'socks5') return viaParentOnce(up, target, addresses[0]!, false, left, label, opts);
+  // Each checked address in turn, as a direct dial tries them, within the parent's one budget.
+  const failed: EgressError[] = [];
+  for (const checked of addresses) {
+    if (failed.length && Date.now() >= deadline) break;
+    const dest: Target = { host: checked, port: target.port, family: checked.includes(':') ? 6 : 4 };
+    try {
+      return await viaParentOnce(up, dest, checked, true, left, label, opts);
+    } catch (err) {
+      if (!(err instanceof NotReached)) throw err;
+      failed.push(err);
+    }
+  }
+  return Promise.reject(failed.length === 1 ? failed[0]! : new EgressError(failed[0]!.reason, failed.map((f) => f.message).join('; ')));
+}
+
+/** One connection to the parent asking for `dest`; `checked` is the record's dest_ip. */
+async function viaParentOnce(
+  up: Upstream,
+  dest: Target,
+  checked: string,
+  byAddress: boolean,
+  left: () => number,
+  label: string,
+  opts: RouteDialOptions,
+): Promise<RouteDialled> {
+  const socket = await connectParent(up, label, left(), opts);
   if (up.kind === 'http') {
     const auth = up.username !== undefined ? ['Proxy-Authorization', basic(up)] : [];
-    if (opts.forward && !local) return { socket, address: checked, via: up.name, parentForward: { headers: auth } };
+    if (opts.forward && !byAddress) return { socket, address: checked, via: up.name, parentForward: { headers: auth } };
     await httpConnect(socket, formatAuthority(dest), auth, left(), label);
     // A tunnel for one HTTP request: the origin says nothing before it, and Node's client does not resume a paused socket.
     if (opts.forward) socket.resume();
@@ -108,10 +137,10 @@ const MAX_PARENT_HEAD = 16 * 1024;
 function httpConnect(socket: Socket, authority: string, auth: string[], timeoutMs: number, label: string): Promise<void> {
   return new Promise((resolve, reject) => {
     let buf: Buffer = Buffer.alloc(0);
-    const fail = (reason: Reason, message: string) => {
+    const fail = (reason: Reason, message: string, notReached = false) => {
       cleanup();
       socket.destroy();
-      reject(new EgressError(reason, `${label}: ${message}`));
+      reject(new (notReached ? NotReached : EgressError)(reason, `${label}: ${message}`));
     };
     const timer = setTimeout(() => fail('upstream_timeout', `no answer to CONNECT within ${timeoutMs} ms`), timeoutMs);
     const onData = (chunk: Buffer) => {
@@ -128,7 +157,7 @@ function httpConnect(socket: Socket, authority: string, auth: string[], timeoutM
       if (status < 200 || status > 299) {
         const why = /\r\nX-Wa-Egress-Reason: *([a-z_]+)/i.exec(head)?.[1];
         const text = `the parent answered ${status}${m[2] ? ` ${m[2]}` : ''}${why ? ` (${why})` : ''}`;
-        return fail(status === 407 ? 'upstream_auth' : 'upstream_failed', text);
+        return fail(status === 407 ? 'upstream_auth' : 'upstream_failed', text, status >= 502 && status <= 504);
       }
       cleanup();
       socket.pause();
@@ -179,7 +208,9 @@ async function socksConnect(socket: Socket, up: Upstream, dest: Target, timeoutM
     socket.destroy();
     const msg = (err as Error).message;
     const reason: Reason = /authentication/i.test(msg) ? 'upstream_auth' : /timed out/i.test(msg) ? 'upstream_timeout' : 'upstream_failed';
-    throw new EgressError(reason, `${label}: ${msg}`);
+    // The reply code's name, as the socks library words it (RFC 1928 replies 3, 4, 5, 6).
+    const notReached = /rejected connection - (NetworkUnreachable|HostUnreachable|ConnectionRefused|TTLExpired)/.test(msg);
+    throw new (notReached ? NotReached : EgressError)(reason, `${label}: ${msg}`);
   } finally {
     clearTimeout(timer);
   }

@@ -214,6 +214,53 @@ describe('through a wa-egress HTTP parent', () => {
   });
 });
 
+describe('by address, a parent that cannot reach one checked address', () => {
+  // two.test has two addresses; nothing listens on 127.0.0.3, so the parent
+  // answers 502 (HTTP) or reply 5, connection refused (SOCKS5), for the first.
+  const two = () => ({
+    policy: { rules: [{ name: 'two', hosts: ['two.test'], ports: [echo.port] }], allow_ranges: ['127.0.0.0/8'] },
+    dns: { hosts: { 'two.test': ['127.0.0.3', '127.0.0.1'] } },
+  });
+
+  it('an HTTP parent with resolve: local, and a socks5:// parent, are asked for the next address', async () => {
+    const parent = await startGateway({ policy: { rules: [{ name: 'lo', ip_ranges: ['127.0.0.0/8'], ports: [echo.port] }], allow_ranges: ['127.0.0.0/8'] } });
+    cleanup.push(() => parent.close());
+    const socks = await startSocksParent({});
+    cleanup.push(() => socks.close());
+    const gw = await gateway({
+      ...two(),
+      upstreams: { corp: { url: `http://127.0.0.1:${parent.port}` }, s: { url: `socks5://127.0.0.1:${socks.port}` } },
+      routes: [{ match: { ports: [echo.port] }, via: 'corp', resolve: 'local' }],
+    });
+    await echoThrough(gw.port, `two.test:${echo.port}`);
+    expect(records(parent, 'egress.failed').map((r) => [r.dest_host, r.reason])).toEqual([['127.0.0.3', 'connect_failed']]);
+    expect(records(parent, 'egress.allowed').map((r) => r.dest_host)).toEqual(['127.0.0.1']);
+    expect(records(gw, 'egress.allowed')).toMatchObject([{ dest_host: 'two.test', dest_ip: '127.0.0.1', via: 'corp' }]);
+
+    const viaSocks = await gateway({ ...two(), upstreams: { s: { url: `socks5://127.0.0.1:${socks.port}` } }, default_route: 's' });
+    await echoThrough(viaSocks.port, `two.test:${echo.port}`);
+    expect(socks.requests.map((r) => r.host)).toEqual(['127.0.0.3', '127.0.0.1']);
+    expect(records(viaSocks, 'egress.allowed')).toMatchObject([{ dest_ip: '127.0.0.1', via: 's' }]);
+  });
+
+  it('when it reaches none, the failure names every address', async () => {
+    const socks = await startSocksParent({});
+    cleanup.push(() => socks.close());
+    const gw = await gateway({
+      policy: { rules: [{ name: 'two', hosts: ['two.test'], ports: [echo.port] }], allow_ranges: ['127.0.0.0/8'] },
+      dns: { hosts: { 'two.test': ['127.0.0.3', '127.0.0.4'] } },
+      upstreams: { s: { url: `socks5://127.0.0.1:${socks.port}` } },
+      default_route: 's',
+    });
+    const { status, headers } = await connectVia(gw.port, `two.test:${echo.port}`);
+    expect([status, headers['x-wa-egress-reason']]).toEqual([502, 'upstream_failed']);
+    expect(socks.requests.map((r) => r.host)).toEqual(['127.0.0.3', '127.0.0.4']);
+    const [failed] = records(gw, 'egress.failed');
+    expect(failed).toMatchObject({ reason: 'upstream_failed', via: 's' });
+    expect(String(failed!.error).match(/ConnectionRefused/g)).toHaveLength(2);
+  });
+});
+
 describe('through a SOCKS5 parent', () => {
   it('socks5h sends the name with RFC 1929 credentials; socks5 sends the checked address', async () => {
     const parent = await startSocksParent({ hosts: { 'origin.test': '127.0.0.1' }, user: 'gw', password: PASSWORD });
