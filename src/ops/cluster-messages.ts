@@ -19,6 +19,8 @@ export interface ConfigBytes {
 export type ToWorker =
   | ({ t: 'start'; idPrefix: string; own: AddressInfo[]; writable: boolean; metrics: boolean } & ConfigBytes)
   | ({ t: 'apply'; seq: number } & ConfigBytes)
+  /** Every worker applied the reload: `reload.recheck_tunnels` may judge open tunnels again. */
+  | { t: 'recheck' }
   /** The primary's own sockets (the admin listener): a destination there is a loop. */
   | { t: 'own'; own: AddressInfo[] }
   /** The audit destination started or stopped failing (`audit.on_error` applies in the workers). */
@@ -36,8 +38,9 @@ export type FromWorker =
   /** The start failed: the error's fields serve's start reports (the listener, the address). */
   | { t: 'failed'; error: { message: string; code?: string; listener?: string; address?: string; port?: number } }
   | { t: 'lines'; lines: string[] }
-  | { t: 'applied'; seq: number; problems: string[] }
+  /** `failed`: this worker could not put it in force (a range list that does not load), and still runs the previous one. */
+  | { t: 'applied'; seq: number; problems: string[]; failed?: string }
   | { t: 'metrics'; seq: number; metrics: MetricsJson }
   | { t: 'draining' }
-  /** Its last audit lines were sent before this: the worker exits. */
-  | { t: 'closed' };
+  /** Its last audit lines were sent before this, its last metrics (when it counts) with it: the worker exits. */
+  | { t: 'closed'; metrics?: MetricsJson };

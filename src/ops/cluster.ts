@@ -11,6 +11,7 @@ import { AdminPlace } from './admin.js';
 import type { ConfigBytes, FromWorker, MetricsJson, ToWorker } from './cluster-messages.js';
 import { fromSource, publishConfigLoad } from './config-load.js';
 import { workerCount } from './cpus.js';
+import { MAX_TIMER_MS } from './drain.js';
 import { Metrics } from './metrics.js';
 import { Reloader, type ReloadTarget } from './reload.js';
 import { startFailure } from './startup.js';
@@ -47,6 +48,8 @@ interface Member {
   gone: Promise<void>;
   /** The configuration it was sent last. */
   hash?: string;
+  /** Its last metrics (a scrape's answer, or its goodbye). */
+  metrics?: MetricsJson;
 }
 
 export interface PrimaryStart {
@@ -66,6 +69,10 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
   let draining = false;
   let crashes = 0;
   let own: AddressInfo[] = [];
+  /** A worker that did not exit cleanly during the stop: the primary's exit code says so. */
+  let unclean = false;
+  /** Counters and histograms of workers gone: sums of counters never go back when one leaves. */
+  let retired: MetricsJson[] = [];
 
   let sink: FileSink;
   try {
@@ -115,6 +122,13 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
     for (const [n, entry] of waiting) if (entry.left.delete(id) && entry.left.size === 0) finish(n);
   }
 
+  /** A worker gone: its counters and histograms stay in the sums (its gauges go with it). */
+  function retire(m: Member): void {
+    // (prom-client's types say a numeric enum; the JSON holds the type's name.)
+    const kept = m.metrics?.filter((x) => ['counter', 'histogram'].includes(x.type as unknown as string));
+    if (kept?.length) retired.push(kept);
+  }
+
   /** Workers not on their way out. */
   const staying = () => [...members.values()].filter((m) => !m.leaving);
 
@@ -136,7 +150,9 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
       exited = true;
       members.delete(worker.id);
       forget(worker.id);
+      retire(m);
       check();
+      if (draining && (code !== 0 || signal)) unclean = true;
       if (m.leaving || draining) return;
       if (first) return first.reject(new Error(`worker ${worker.id} exited while starting (code ${code}, signal ${signal})`));
       restarts.inc();
@@ -149,6 +165,8 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
     worker.on('message', (msg: FromWorker) => {
       switch (msg.t) {
         case 'hello':
+          // A drain or a resize while it was loading (its order came before it listened): it leaves unstarted.
+          if (draining || m.leaving) return sendTo(m, { t: 'drain', signal: 'stop' });
           m.hash = bytes.hash;
           return sendTo(m, { t: 'start', ...bytes, idPrefix: `${boot}.${worker.id}`, own, writable: sink.writable, metrics: config.listen.admin !== undefined });
         case 'lines':
@@ -168,13 +186,17 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
           if (first) return first.reject(Object.assign(new Error(msg.error.message), msg.error));
           return void log.error({ worker: worker.id, err: msg.error }, 'worker could not start');
         case 'applied':
-          return answer(worker.id, msg.seq, msg.problems);
+          // A catch-up it could not apply: it drains, and its replacement starts with the configuration in force.
+          if (msg.seq === 0 && msg.failed) return void (log.error({ worker: worker.id, error: msg.failed }, 'worker cannot apply the configuration in force; replacing it'), sendTo(m, { t: 'drain', signal: 'reload' }));
+          return answer(worker.id, msg.seq, msg);
         case 'metrics':
+          m.metrics = msg.metrics;
           return answer(worker.id, msg.seq, msg.metrics);
         case 'draining':
           m.draining = true;
           return;
         case 'closed':
+          if (msg.metrics) m.metrics = msg.metrics;
           return;
       }
     });
@@ -214,8 +236,11 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
   const clusterMetrics = {
     contentType: ownMetrics.contentType,
     text: async () => {
-      const answers = (await ask((n) => ({ t: 'metrics', seq: n }), SCRAPE_MS)) as MetricsJson[];
-      return AggregatorRegistry.aggregate([await ownMetrics.registry.getMetricsAsJSON(), ...answers]).metrics();
+      // Answers land in each member's `metrics`; one that did not answer in time counts with its last.
+      await ask((n) => ({ t: 'metrics', seq: n }), SCRAPE_MS);
+      if (retired.length > 1) retired = [await AggregatorRegistry.aggregate(retired).getMetricsAsJSON()];
+      const workers = [...members.values()].flatMap((m) => (m.metrics ? [m.metrics] : []));
+      return AggregatorRegistry.aggregate([await ownMetrics.registry.getMetricsAsJSON(), ...retired, ...workers]).metrics();
     },
     close: () => {},
   };
@@ -238,7 +263,7 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
 
   /** More workers, or fewer (the newest drain and leave). */
   const resize = (count: number) => {
-    if (count === wanted) return;
+    if (count === wanted || draining) return;
     log.info({ from: wanted, to: count }, 'workers: changing the number of workers');
     wanted = count;
     const live = staying();
@@ -251,6 +276,22 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
 
   const target: ReloadTarget = {
     async apply(next) {
+      // A cluster stays a cluster until restarted, also with workers: 1.
+      if (next.config.listen.transparent && next.config.listen.transparent_mode === 'tproxy') {
+        throw new Error('listen.transparent_mode: tproxy is served by one process, and this gateway runs workers: restart it with workers: 1');
+      }
+      const was = bytes;
+      bytes = { file: next.file, snapshot: next.snapshot, hash: next.hash };
+      for (const m of members.values()) if (m.ready) m.hash = bytes.hash;
+      const answers = (await ask((n) => ({ t: 'apply', seq: n, ...bytes }))) as Extract<FromWorker, { t: 'applied' }>[];
+      const failed = answers.flatMap((a) => (a.failed ? [a.failed] : []));
+      if (failed.length) {
+        // Refused by one, refused by all: those that took it go back.
+        bytes = was;
+        for (const m of members.values()) if (m.ready) m.hash = bytes.hash;
+        await ask((n) => ({ t: 'apply', seq: n, ...bytes }));
+        throw new Error(`${failed.join('; ')}; every worker keeps the running configuration`);
+      }
       const problems: string[] = [];
       try {
         sink.configure(next.config.audit.file, next.config.audit.on_error);
@@ -259,14 +300,13 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
         problems.push(`audit.file: cannot open ${next.config.audit.file}: ${e.code ?? e.message}`);
         log.error({ err, file: next.config.audit.file }, 'cannot open the new audit destination; still writing to the old one');
       }
-      bytes = { file: next.file, snapshot: next.snapshot, hash: next.hash };
       config = next.config;
       await admin.move(next.config.listen.admin);
-      for (const m of members.values()) if (m.ready) m.hash = bytes.hash;
-      const answers = (await ask((n) => ({ t: 'apply', seq: n, ...bytes }))) as string[][];
       resize(workerCount(next.config.workers));
-      return [...new Set([...problems, ...answers.flat()])];
+      return [...new Set([...problems, ...answers.flatMap((a) => a.problems)])];
     },
+    // Every worker has it: now open tunnels may be judged by it (reload.recheck_tunnels).
+    settle: async () => broadcast({ t: 'recheck' }),
   };
   const reloader = new Reloader(target, fromSource(loaded), log);
 
@@ -279,14 +319,15 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
     log.info({ signal, workers: members.size }, 'stopping: draining every worker');
     draining = true;
     reloader.stop();
-    broadcast({ t: 'drain', signal });
+    // Those already leaving (fewer workers) drain on as they were: this is not their second signal.
+    for (const m of members.values()) if (!m.leaving) sendTo(m, { t: 'drain', signal });
     const { delay, drain_timeout } = config.shutdown;
     const guard = setTimeout(() => {
       for (const m of members.values()) {
         log.error({ worker: m.worker.id, worker_pid: m.worker.process.pid }, 'worker still running after the drain: killing it');
         m.worker.process.kill('SIGKILL');
       }
-    }, delay + drain_timeout + DRAIN_SLACK_MS);
+    }, Math.min(delay + drain_timeout + DRAIN_SLACK_MS, MAX_TIMER_MS));
     guard.unref();
     stopping = (async () => {
       await Promise.all([...members.values()].map((m) => m.gone));
@@ -294,7 +335,7 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
       sink.close();
       await admin.close();
       log.info('every worker has stopped');
-      process.exit(0);
+      process.exit(unclean ? 1 : 0);
     })();
   };
   process.on('SIGTERM', () => stop('SIGTERM'));

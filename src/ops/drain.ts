@@ -19,7 +19,7 @@ export type DrainEnd = 'drained' | 'timeout' | 'signal';
 const CHECK_MS = 50;
 const REPORT_MS = 5000;
 /** setTimeout's longest delay; a longer one would fire at once. */
-const MAX_TIMER_MS = 2 ** 31 - 1;
+export const MAX_TIMER_MS = 2 ** 31 - 1;
 
 export class Drain {
   private done: Promise<DrainEnd> | undefined;

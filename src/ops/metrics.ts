@@ -287,6 +287,8 @@ export class Metrics {
       name: 'wa_egress_audit_writable',
       help: '1 while the audit destination takes writes, 0 while it fails',
       registers,
+      // A cluster's workers say what their primary told them: one 0 is the answer.
+      aggregator: 'min',
       collect() {
         this.set(audit.writable ? 1 : 0);
       },

@@ -1,4 +1,5 @@
 import cluster from 'node:cluster';
+import type { AddressInfo } from 'node:net';
 import { loadConfigSource } from '../config/load.js';
 import { replayReads } from '../config/read.js';
 import type { AuditSink, AuditStats, OnError } from '../audit-sink.js';
@@ -23,22 +24,46 @@ function send(message: FromWorker, done: () => void = () => {}): void {
   process.send!(message, undefined, undefined, () => done());
 }
 
-/** Audit lines, handed to the primary once per turn of the event loop (one message for many records). */
+/** Past this many bytes sent and not yet taken by the primary (or waiting to be), records are dropped and counted, as the audit file does. */
+const MAX_WAITING = 64 * 1024 * 1024;
+
+/**
+ * Audit lines, handed to the primary once per turn of the event loop (one
+ * message for many records). What the IPC channel has not yet written
+ * counts as waiting: a primary that cannot keep up (a stdout pipe nobody
+ * reads) does not make the worker's memory grow without bound.
+ */
 class PrimarySink implements AuditSink {
   private lines: string[] = [];
+  private bytes = 0;
+  private inFlight = 0;
+  private inFlightLines = 0;
+  private dropped = 0;
   private scheduled = false;
   /** As the primary last said. */
   writable = true;
+  constructor(private readonly log: Logger) {}
   private readonly sendNow = () => {
     this.scheduled = false;
     if (this.lines.length === 0) return;
-    const lines = this.lines;
+    const { lines, bytes } = this;
     this.lines = [];
-    send({ t: 'lines', lines });
+    this.bytes = 0;
+    this.inFlight += bytes;
+    this.inFlightLines += lines.length;
+    send({ t: 'lines', lines }, () => {
+      this.inFlight -= bytes;
+      this.inFlightLines -= lines.length;
+    });
   };
 
   write(line: string): void {
+    if (this.inFlight + this.bytes + line.length > MAX_WAITING) {
+      this.log.error({ dropped: ++this.dropped }, 'audit record dropped: too many records waiting for the primary');
+      return;
+    }
     this.lines.push(line);
+    this.bytes += line.length;
     if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(this.sendNow);
@@ -49,9 +74,16 @@ class PrimarySink implements AuditSink {
   configure(_file: string, _onError: OnError): void {}
   reopen(): void {}
 
-  /** The primary counts what it writes. */
+  /** The primary counts what it writes; this is what has not reached it yet. */
   stats(): AuditStats {
-    return { written: 0, waitingLines: this.lines.length, waitingBytes: 0, dropped: 0, replaced: 0, reopenFailures: 0 };
+    return {
+      written: 0,
+      waitingLines: this.lines.length + this.inFlightLines,
+      waitingBytes: this.bytes + this.inFlight,
+      dropped: this.dropped,
+      replaced: 0,
+      reopenFailures: 0,
+    };
   }
 
   flushSync(): void {
@@ -68,14 +100,19 @@ function configOf(bytes: ConfigBytes) {
 }
 
 export function runWorker(log: Logger): void {
-  const sink = new PrimarySink();
+  const sink = new PrimarySink(log);
   let gw: Gateway | undefined;
   let drain: Drain | undefined;
   let metrics: Metrics | undefined;
   // Orders come from the primary; these would otherwise end the process.
   for (const signal of ['SIGINT', 'SIGTERM', 'SIGHUP', 'SIGUSR1'] as const) process.on(signal, () => log.debug({ signal }, 'signal ignored: the primary relays it'));
 
-  const exit = (code: number) => send({ t: 'closed' }, () => process.exit(code));
+  let own: AddressInfo[] = [];
+  // The last counts go with the goodbye, so the primary's sums do not go back.
+  const exit = async (code: number) => {
+    const last = metrics ? await metrics.registry.getMetricsAsJSON().catch(() => undefined) : undefined;
+    send({ t: 'closed', metrics: last }, () => process.exit(code));
+  };
   const startDrain = (signal: string) => {
     if (!gw) return void process.exit(0);
     const first = !drain;
@@ -85,7 +122,7 @@ export function runWorker(log: Logger): void {
       () => exit(0),
       (err) => {
         log.error({ err }, 'error while stopping');
-        exit(1);
+        return exit(1);
       },
     );
   };
@@ -96,15 +133,20 @@ export function runWorker(log: Logger): void {
         return void start(m);
       case 'apply':
         return void apply(m.seq, m);
+      case 'recheck':
+        if (gw) void recheckAfterReload(gw, gw.config, log).catch((err) => log.error({ err }, 'recheck of open tunnels failed'));
+        return;
       case 'own':
-        return gw?.setOwnAddresses(m.own);
+        // Kept for a gateway still starting, too.
+        own = m.own;
+        return gw?.setOwnAddresses(own);
       case 'audit':
         sink.writable = m.writable;
         return;
       case 'drain':
         return startDrain(m.signal);
       case 'metrics':
-        metrics ??= gw && new Metrics({ gateway: gw });
+        metrics ??= gw && new Metrics({ gateway: gw, audit: sink });
         if (!metrics) return send({ t: 'metrics', seq: m.seq, metrics: [] });
         return void metrics.registry.getMetricsAsJSON().then((json) => send({ t: 'metrics', seq: m.seq, metrics: json }));
     }
@@ -118,6 +160,7 @@ export function runWorker(log: Logger): void {
 
   async function start(m: Extract<ToWorker, { t: 'start' }>): Promise<void> {
     sink.writable = m.writable;
+    own = m.own;
     try {
       gw = await Gateway.start(configOf(m), log, { sink, idPrefix: m.idPrefix });
     } catch (err) {
@@ -125,28 +168,26 @@ export function runWorker(log: Logger): void {
       send({ t: 'failed', error: { message: e.message, code: e.code, listener: e.listener, address: e.address, port: e.port } }, () => process.exit(1));
       return;
     }
-    gw.setOwnAddresses(m.own);
+    gw.setOwnAddresses(own);
     // Counting from the start when the primary serves /metrics.
-    if (m.metrics) metrics = new Metrics({ gateway: gw });
+    if (m.metrics) metrics = new Metrics({ gateway: gw, audit: sink });
     send({ t: 'ready' });
   }
 
+  /** A reload: its problems, or why it failed here (then this worker still runs what it ran, and the primary takes the others back). Tunnels are rechecked once every worker has it ('recheck'). */
   async function apply(seq: number, bytes: ConfigBytes): Promise<void> {
-    let problems: string[];
     try {
-      const config = configOf(bytes);
-      problems = gw ? await gw.apply(config) : [];
+      const problems = gw ? await gw.apply(configOf(bytes)) : [];
       send({ t: 'applied', seq, problems });
-      if (gw) await recheckAfterReload(gw, config, log);
     } catch (err) {
       log.error({ err }, 'reload failed in this worker; its running configuration stays');
-      send({ t: 'applied', seq, problems: [`worker ${cluster.worker?.id}: ${(err as Error).message}`] });
+      send({ t: 'applied', seq, problems: [], failed: `worker ${cluster.worker?.id}: ${(err as Error).message}` });
     }
   }
 
   process.on('uncaughtException', (err) => {
     log.fatal({ err }, 'uncaught exception');
     sink.flushSync();
-    exit(1);
+    void exit(1);
   });
 }

@@ -119,7 +119,7 @@ export async function serve(file: string, dir: string, listeners: string[]): Pro
 export async function reload(s: Served): Promise<LogLine> {
   const n = s.logs().length;
   s.child.kill('SIGHUP');
-  return s.waitLog((l) => l.msg === 'configuration reloaded' || String(l.msg).startsWith('reload rejected'), n);
+  return s.waitLog((l) => l.msg === 'configuration reloaded' || String(l.msg).startsWith('reload rejected') || String(l.msg).startsWith('reload failed'), n);
 }
 
 /** Echo round trip through a tunnel: what was sent comes back. */

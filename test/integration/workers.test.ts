@@ -148,11 +148,14 @@ describe('workers: 2', () => {
   it('a worker that dies is replaced, logged and counted; the others keep their tunnels', async () => {
     const echo = await echoServer();
     const s = await start(config(echo.port));
+    expect(await tunnels(s, `a.test:${echo.port}`, 6)).toEqual(Array(6).fill(200));
     const open = await connectTunnel(s.port('proxy'), `a.test:${echo.port}`);
     expect(open.status).toBe(200);
     const served = s.logs().filter((l) => l.msg === 'worker serving');
+    const accepted = 'wa_egress_connections_accepted_total{listener="proxy"}';
+    expect((await scrape(s)).get(accepted)).toBe(7);
     // The worker that does not hold the tunnel dies.
-    const holder = await eventually(() => s.audit().find((r) => r.event === 'egress.allowed'));
+    const holder = await eventually(() => s.audit().filter((r) => r.event === 'egress.allowed').at(6));
     const victim = served.find((l) => String(l.worker) !== workerOf(holder))!;
     const n = s.logs().length;
     process.kill(Number(victim.worker_pid), 'SIGKILL');
@@ -165,6 +168,8 @@ describe('workers: 2', () => {
     const m = await scrape(s);
     expect(m.get('wa_egress_worker_restarts_total')).toBe(1);
     expect(m.get('wa_egress_workers{state="serving"}')).toBe(2);
+    // The dead worker's counts stay in the sums (as of its last scrape): a counter never goes back.
+    expect(m.get(accepted)).toBe(11);
     open.client.destroy();
   });
 
@@ -274,7 +279,48 @@ describe('workers: 2', () => {
     });
     expect(s.logs().slice(n).some((l) => l.msg === 'worker died; starting another')).toBe(false);
     expect(await tunnels(s, `a.test:${echo.port}`, 3)).toEqual(Array(3).fill(200));
+    // Workers that left said their last counts on the way out.
+    expect((await scrape(s)).get('wa_egress_connections_accepted_total{listener="proxy"}')).toBe(9);
     expect((await fetch(`http://127.0.0.1:${s.port('admin')}/readyz`)).status).toBe(200);
+  });
+
+  it('a SIGTERM right behind a reload that adds workers: the new ones leave unstarted or drain too, exit 0', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port, { shutdown: { delay: 0, drain_timeout: '1s' } }));
+    s.rewrite({ ...config(echo.port, { shutdown: { delay: 0, drain_timeout: '1s' } }), workers: 4 });
+    s.child.kill('SIGHUP');
+    s.child.kill('SIGTERM');
+    // Had a new worker missed its drain, it would serve on until the guard's kill (31 s), exit 1.
+    expect(await s.exited).toBe(0);
+    expect(s.logs().some((l) => l.msg === 'every worker has stopped')).toBe(true);
+    expect(s.logs().some((l) => String(l.msg).startsWith('worker still running'))).toBe(false);
+  });
+
+  it('a very long drain_timeout is waited for, not cut at once (the guard timer stays in range)', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port, { shutdown: { delay: 0, drain_timeout: '1000h' } }));
+    const open = await connectTunnel(s.port('proxy'), `a.test:${echo.port}`);
+    expect(open.status).toBe(200);
+    const n = s.logs().length;
+    s.child.kill('SIGTERM');
+    await s.waitLog((l) => String(l.msg).startsWith('drain started') || l.msg === 'stopping: draining every worker', n);
+    await new Promise((r) => setTimeout(r, 500));
+    expect(await roundTrip(open.client, 'still draining')).toBe(true);
+    expect(s.logs().some((l) => String(l.msg).startsWith('worker still running'))).toBe(false);
+    // A second signal ends the drain.
+    s.child.kill('SIGTERM');
+    expect(await s.exited).toBe(0);
+  });
+
+  it('a reload to transparent_mode: tproxy is refused while workers run, also as workers: 1', async () => {
+    const echo = await echoServer();
+    const s = await start(config(echo.port));
+    s.rewrite({ ...config(echo.port), workers: 1, listen: { proxy: '127.0.0.1:0', admin: '127.0.0.1:0', transparent: '127.0.0.1:0', transparent_mode: 'tproxy' } });
+    const failed = await reload(s);
+    expect(failed.msg).toMatch(/^reload failed/);
+    expect(JSON.stringify(failed)).toContain('tproxy is served by one process');
+    expect(await tunnels(s, `a.test:${echo.port}`, 2)).toEqual([200, 200]);
+    expect((await scrape(s)).get('wa_egress_workers{state="serving"}')).toBe(2);
   });
 
   it('a listener that cannot bind stops the start at its key (exit 1)', async () => {
