@@ -272,7 +272,7 @@ export function renderMarkdown(r) {
   out.push('## How to run', '');
   out.push(
     '```sh\nnpm run build && npm run bench          # full run, rewrites this file and results.json\n' +
-      'node bench/run.mjs --smoke               # a few seconds: direct and wa-egress only (part of npm test)\n' +
+      'node bench/run.mjs --smoke               # seconds: direct, wa-egress, wa-egress-w2; forwards: direct, wa-egress (part of npm test)\n' +
       'node bench/run.mjs --peers wa-egress,squid --duration 3 --profile   # a subset; --cpu-prof for the Node peers\n' +
       'node bench/run.mjs --peers wa-egress,floor-net --phases handshakes,latency --rounds 2   # some phases only\n' +
       'node bench/run.mjs --peers wa-egress,squid --phases memory --idle 45   # idle tunnels, resting 45 s at each count\n' +
@@ -335,7 +335,7 @@ function scaleOut(r) {
     out.push('### Workers', '');
     out.push(
       table(
-        ['peer', 'scheduling', 'handshakes/s', '×wa-egress', '×squid', 'CPU µs each', 'of it primary', 'of it workers', '1 tunnel MiB/s', '8 tunnels MiB/s', 'CPU s per GiB'],
+        ['peer', 'scheduling', 'handshakes/s', '×wa-egress', '×squid', 'CPU µs each', 'of it primary', 'of it workers', '1 tunnel MiB/s', '8 tunnels MiB/s', 'CPU s per GiB', 'other work (cores)'],
         workers.map((n) => {
           const p = P[n];
           const hs = get(p, 'handshakes.per_sec');
@@ -352,12 +352,15 @@ function scaleOut(r) {
             withRange(get(p, 'throughput.tunnels_1.mib_per_s'), get(p, 'throughput.tunnels_1.rounds')),
             withRange(get(p, 'throughput.tunnels_8.mib_per_s'), get(p, 'throughput.tunnels_8.rounds')),
             num(get(p, 'throughput.cpu_s_per_gib'), 3),
+            num(p.foreign_cpu_cores, 2),
           ];
         }),
       ),
       '',
       'The CONNECT handshake and throughput phases above, the same load and rounds. "Of it primary" is the utime+stime of the primary process ' +
-        'alone over the measured handshakes; "of it workers" the rest of the tree.',
+        'alone over the measured handshakes; "of it workers" the rest of the tree. "Other work" is the CPU that processes outside the bench used ' +
+        'on average while that peer was measured (as in Machine above): with two cores, figures measured while it is well above zero are disturbed, ' +
+        'rates more than CPU per handshake.',
       '',
     );
     const spreads = workers.filter((n) => P[n].spread);
@@ -408,7 +411,7 @@ function scaleOut(r) {
     const fr = (p, path, which) => ratio(p.ratios?.[path]?.[which]);
     out.push(
       table(
-        ['peer', '1 conn MiB/s', '×HAProxy best', '×direct', '8 conns MiB/s', '×HAProxy best', '×direct', 'CPU s per GiB', '×HAProxy', 'connections/s', '×HAProxy best', 'CPU µs per connection'],
+        ['peer', '1 conn MiB/s', '×HAProxy best', '×direct', '8 conns MiB/s', '×HAProxy best', '×direct', 'CPU s per GiB', '×HAProxy', 'connections/s', '×HAProxy best', 'CPU µs per connection', 'other work (cores)'],
         fok.map(([n, p]) => [
           n,
           withRange(get(p, 'throughput.conns_1.mib_per_s'), get(p, 'throughput.conns_1.rounds')),
@@ -422,6 +425,7 @@ function scaleOut(r) {
           withRange(get(p, 'connections.per_sec'), get(p, 'connections.rounds')),
           fr(p, 'connections.per_sec', 'vs_haproxy_best'),
           num(get(p, 'connections.cpu_us_per_conn'), 1),
+          num(p.foreign_cpu_cores, 2),
         ]),
       ),
       '',
