@@ -3,7 +3,7 @@
 // whole process tree (RSS and CPU time).
 
 import { fork } from 'node:child_process';
-import { readFileSync, readdirSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync, readdirSync, statSync } from 'node:fs';
 import net from 'node:net';
 
 export const CLK_TCK = 100; // USER_HZ on Linux (getconf CLK_TCK)
@@ -225,11 +225,45 @@ export function treeCpuSeconds(pid) {
   return ticks / CLK_TCK;
 }
 
+/** utime+stime of one process alone (its threads, not its children), seconds. */
+export function ownCpuSeconds(pid) {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    return (Number(f[11]) + Number(f[12])) / CLK_TCK;
+  } catch {
+    return 0;
+  }
+}
+
+/**
+ * PSS of the whole tree, KiB: each page shared by several processes counts
+ * once in all, split among them (RSS counts it in each). Fairer than RSS for
+ * a peer that forks a process per connection (socat).
+ */
+export function treePssKiB(pid) {
+  let kib = 0;
+  for (const p of processTree(pid)) {
+    try {
+      const m = /^Pss:\s+(\d+)/m.exec(readFileSync(`/proc/${p}/smaps_rollup`, 'utf8'));
+      if (m) kib += Number(m[1]);
+    } catch {
+      // gone, or no smaps_rollup
+    }
+  }
+  return kib;
+}
+
 /** Busy CPU time of the whole machine (all cores), seconds. */
 export function machineBusySeconds() {
   const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0].trim().split(/\s+/).slice(1).map(Number);
   // user nice system idle iowait irq softirq steal ...
   return (f[0] + f[1] + f[2] + f[5] + f[6] + f[7]) / CLK_TCK;
+}
+
+/** Open file descriptors of the whole tree (a cluster's workers, socat's forked relays). */
+export function treeFdCount(pid) {
+  return processTree(pid).reduce((n, p) => n + fdCount(p), 0);
 }
 
 /** Open file descriptors of one process. */
@@ -263,3 +297,88 @@ export function slope(points) {
   }
   return den === 0 ? NaN : num / den;
 }
+
+export const sum = (xs) => xs.reduce((a, b) => a + b, 0);
+export const round = (x, d = 2) => (Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null);
+export const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b);
+  return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
+};
+/** The lowest and highest of the rounds, when there are several. */
+export const spread = (xs) => (xs.length > 1 ? [round(Math.min(...xs), 1), round(Math.max(...xs), 1)] : undefined);
+
+/** RSS of the tree once it has stopped changing (at most maxMs). */
+export async function settleRss(pid, maxMs) {
+  await sleep(Math.min(500, maxMs));
+  const end = Date.now() + maxMs;
+  let prev = treeRssKiB(pid);
+  let stable = 0;
+  while (Date.now() < end) {
+    await sleep(250);
+    const cur = treeRssKiB(pid);
+    stable = Math.abs(cur - prev) <= prev * 0.005 ? stable + 1 : 0;
+    prev = cur;
+    if (stable >= 2) break;
+  }
+  return prev;
+}
+
+/** CPU used on the machine by processes outside this bench: other work skews every figure. */
+export function foreignMeter() {
+  const t0 = Date.now();
+  const busy0 = machineBusySeconds();
+  const own0 = treeCpuSeconds(process.pid);
+  return () => ({
+    wall: (Date.now() - t0) / 1000,
+    foreign: Math.max(0, machineBusySeconds() - busy0 - (treeCpuSeconds(process.pid) - own0)),
+  });
+}
+
+// ---------------------------------------------------------------- audit log
+
+/** Size of the audit file once the primary has written what it was sent (it writes in batches). */
+export async function auditSettled(file) {
+  const size = () => {
+    try {
+      return statSync(file).size;
+    } catch {
+      return 0;
+    }
+  };
+  let last = size();
+  for (let i = 0, stable = 0; i < 50 && stable < 3; i++) {
+    await sleep(100);
+    const cur = size();
+    stable = cur === last ? stable + 1 : 0;
+    last = cur;
+  }
+  return last;
+}
+
+/** Connections each worker took between two offsets of the audit file: the workerId of `<boot>.<workerId>-<seq>`. */
+export function auditWorkers(file, from, to) {
+  const counts = {};
+  if (to <= from) return counts;
+  const buf = Buffer.alloc(to - from);
+  const fd = openSync(file, 'r');
+  try {
+    readSync(fd, buf, 0, buf.length, from);
+  } finally {
+    closeSync(fd);
+  }
+  for (const line of buf.toString('utf8').split('\n')) {
+    if (!line.includes('"egress.allowed"')) continue;
+    let rec;
+    try {
+      rec = JSON.parse(line);
+    } catch {
+      continue; // a line cut at either end
+    }
+    if (rec.event !== 'egress.allowed') continue;
+    const m = /\.(\d+)-\d+$/.exec(String(rec.id));
+    const w = m ? m[1] : 'unknown';
+    counts[w] = (counts[w] ?? 0) + 1;
+  }
+  return counts;
+}
+

@@ -122,49 +122,79 @@ export const direct = {
   start: async () => ({ pid: null, port: null, targetHost: '127.0.0.1', stop: async () => {} }),
 };
 
-export const waEgress = {
-  name: 'wa-egress',
-  kind: 'node',
-  available: () => (existsSync(CLI) ? { ok: true } : { ok: false, reason: 'dist/cli.js missing: run npm run build' }),
-  version() {
-    const v = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;
-    let git = '';
-    try {
-      git = execFileSync('git', ['-C', root, 'describe', '--always', '--dirty'], { encoding: 'utf8' }).trim();
-    } catch {
-      // not a checkout
-    }
-    return `${v}${git ? ` (${git})` : ''}`;
-  },
-  async start(env) {
-    const dir = peerDir(env, 'wa-egress');
-    const port = await freePort();
-    const config = {
-      listen: { proxy: `127.0.0.1:${port}` },
-      policy: {
-        mode: 'enforce',
-        rules: [
-          {
-            name: 'bench',
-            hosts: ['sink.bench', `**.${env.dnsZone}`],
-            ip_ranges: ['127.0.0.1/32'],
-            ports: env.sinkPorts,
-          },
-        ],
-        allow_ranges: ['127.0.0.1/32'],
-      },
-      dns: { hosts: { 'sink.bench': '127.0.0.1' }, servers: env.dnsServer ? [env.dnsServer] : [] },
-      timeouts: { idle: 0 },
-      audit: { file: join(dir, 'audit.log') },
-    };
-    const file = join(dir, 'config.yaml');
-    writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`); // JSON is YAML
-    const nodeArgs = [];
-    if (env.profileDir) nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${env.profileDir}`, '--cpu-prof-name=wa-egress.cpuprofile');
-    const p = await spawnProxy('wa-egress', process.execPath, [...nodeArgs, CLI, 'serve', '--config', file], { dir, port });
-    return { ...p, targetHost: 'sink.bench', configFile: file, auditFile: config.audit.file };
-  },
-};
+function waEgressVersion() {
+  const v = JSON.parse(readFileSync(join(root, 'package.json'), 'utf8')).version;
+  let git = '';
+  try {
+    git = execFileSync('git', ['-C', root, 'describe', '--always', '--dirty'], { encoding: 'utf8' }).trim();
+  } catch {
+    // not a checkout
+  }
+  return `${v}${git ? ` (${git})` : ''}`;
+}
+
+/**
+ * Start `dist/cli.js serve` with the bench's policy: `sink.bench` pinned to
+ * 127.0.0.1 with `dns.hosts`, the given ports allowed. `listen` is the
+ * config's listen section; the first port in `ports` is waited for.
+ */
+async function startWaEgress(name, env, { listen, waitPort, ports, workers = 1, sched }) {
+  const dir = peerDir(env, name);
+  const config = {
+    ...(workers > 1 ? { workers } : {}),
+    listen,
+    policy: {
+      mode: 'enforce',
+      rules: [
+        {
+          name: 'bench',
+          hosts: ['sink.bench', `**.${env.dnsZone}`],
+          ip_ranges: ['127.0.0.1/32'],
+          ports,
+        },
+      ],
+      allow_ranges: ['127.0.0.1/32'],
+    },
+    dns: { hosts: { 'sink.bench': '127.0.0.1' }, servers: env.dnsServer ? [env.dnsServer] : [] },
+    timeouts: { idle: 0 },
+    audit: { file: join(dir, 'audit.log') },
+  };
+  const file = join(dir, 'config.yaml');
+  writeFileSync(file, `${JSON.stringify(config, null, 2)}\n`); // JSON is YAML
+  const nodeArgs = [];
+  const profileDir = env.profileDir && (workers > 1 ? join(env.profileDir, name) : env.profileDir);
+  if (profileDir) {
+    // Workers inherit the primary's flags: with several processes each writes CPU.<date>.<pid>...cpuprofile.
+    mkdirSync(profileDir, { recursive: true });
+    nodeArgs.push('--cpu-prof', `--cpu-prof-dir=${profileDir}`, ...(workers > 1 ? [] : [`--cpu-prof-name=${name}.cpuprofile`]));
+  }
+  const childEnv = { ...process.env };
+  if (sched) childEnv.NODE_CLUSTER_SCHED_POLICY = sched;
+  else delete childEnv.NODE_CLUSTER_SCHED_POLICY;
+  const p = await spawnProxy(name, process.execPath, [...nodeArgs, CLI, 'serve', '--config', file], { dir, port: waitPort, env: childEnv });
+  // With workers, the primary binds nothing itself: wait until a worker has taken the listener.
+  return { ...p, targetHost: 'sink.bench', configFile: file, auditFile: config.audit.file, workers, sched: sched ?? (workers > 1 ? 'rr' : undefined), profileDir };
+}
+
+/** wa-egress as a CONNECT proxy, with `workers` processes and, optionally, NODE_CLUSTER_SCHED_POLICY. */
+function waEgressPeer(name, { workers = 1, sched } = {}) {
+  return {
+    name,
+    kind: 'node',
+    workers,
+    sched: sched ?? (workers > 1 ? 'rr' : undefined),
+    available: () => (existsSync(CLI) ? { ok: true } : { ok: false, reason: 'dist/cli.js missing: run npm run build' }),
+    version: () => `${waEgressVersion()}${workers > 1 ? `, workers: ${workers}${sched ? `, NODE_CLUSTER_SCHED_POLICY=${sched}` : ' (round robin)'}` : ''}`,
+    async start(env) {
+      const port = await freePort();
+      return startWaEgress(name, env, { listen: { proxy: `127.0.0.1:${port}` }, waitPort: port, ports: env.sinkPorts, workers, sched });
+    },
+  };
+}
+
+export const waEgress = waEgressPeer('wa-egress');
+export const waEgressW2 = waEgressPeer('wa-egress-w2', { workers: 2 });
+export const waEgressW2None = waEgressPeer('wa-egress-w2-none', { workers: 2, sched: 'none' });
 
 export const squid = {
   name: 'squid',
@@ -273,6 +303,140 @@ export const proxyPkg = nodePeer('proxy', 'proxy.mjs', 'proxy');
 export const floorNet = nodePeer('floor-net', 'floor-net.mjs', null);
 export const floorHttp = nodePeer('floor-http', 'floor-http.mjs', null);
 
-export const ALL_PEERS = [direct, waEgress, squid, tinyproxy, proxyChain, proxyPkg, floorNet, floorHttp];
+export const ALL_PEERS = [direct, waEgress, waEgressW2, waEgressW2None, squid, tinyproxy, proxyChain, proxyPkg, floorNet, floorHttp];
+
+// ------------------------------------------------------------------ forward peers
+// Raw TCP forwards for the forward phase (bench/forward.mjs): each listens
+// on one port per sink listener in `targets` ([{ port }]) and relays every
+// connection to it. `start(env, targets)` returns { pid, child, ports, stop() }
+// with `ports[i]` the listener for `targets[i]`.
+
+export const directForward = {
+  name: 'direct',
+  available: () => ({ ok: true }),
+  version: () => 'no forward: the client talks to the sink',
+  start: async (env, targets) => ({ pid: null, child: null, ports: targets.map((t) => t.port), stop: async () => {} }),
+};
+
+function waEgressForward(name, { workers = 1, sched } = {}) {
+  return {
+    name,
+    workers,
+    available: () => (existsSync(CLI) ? { ok: true } : { ok: false, reason: 'dist/cli.js missing: run npm run build' }),
+    version: () => `${waEgressVersion()}, listen.forwards${workers > 1 ? `, workers: ${workers}${sched ? `, NODE_CLUSTER_SCHED_POLICY=${sched}` : ''}` : ''}`,
+    async start(env, targets) {
+      const ports = [];
+      for (let i = 0; i < targets.length; i++) ports.push(await freePort());
+      const forwards = targets.map((t, i) => ({ name: `fwd${i}`, listen: `127.0.0.1:${ports[i]}`, to: `sink.bench:${t.port}` }));
+      const p = await startWaEgress(name, env, { listen: { forwards }, waitPort: ports[0], ports: targets.map((t) => t.port), workers, sched });
+      for (const port of ports.slice(1)) await waitForPort(port);
+      return { ...p, ports };
+    },
+  };
+}
+
+export const waEgressFwd = waEgressForward('wa-egress');
+export const waEgressW2Fwd = waEgressForward('wa-egress-w2', { workers: 2 });
+
+function haproxyVersion() {
+  try {
+    return execFileSync(which('haproxy'), ['-v'], { encoding: 'utf8' }).split('\n')[0].replace(/ - https?:.*$/, '').trim();
+  } catch (err) {
+    return `unknown (${err.message})`;
+  }
+}
+
+/** HAProxy in `mode tcp`; `splice`: `option splice-auto` (kernel splice(2) between the sockets) or none. */
+function haproxyPeer(name, splice) {
+  return {
+    name,
+    available: (opts) => ensureBinary('haproxy', 'haproxy', opts),
+    version: () => `${haproxyVersion()}, mode tcp, ${splice ? 'option splice-auto' : 'no splice'}`,
+    async start(env, targets) {
+      const dir = peerDir(env, name);
+      const ports = [];
+      for (let i = 0; i < targets.length; i++) ports.push(await freePort());
+      const conf = [
+        'global',
+        // Two descriptors per connection, and with splice two per pipe: under the 20,000 cap.
+        '  maxconn 8000',
+        '  maxpipes 1000',
+        `  pidfile ${join(dir, 'haproxy.pid')}`,
+        'defaults',
+        '  mode tcp',
+        '  timeout connect 10s',
+        '  timeout client 1d',
+        '  timeout server 1d',
+        ...(splice ? ['  option splice-auto'] : ['  no option splice-auto', '  no option splice-request', '  no option splice-response']),
+        ...targets.flatMap((t, i) => [`listen fwd${i}`, `  bind 127.0.0.1:${ports[i]}`, '  maxconn 8000', `  server sink${i} 127.0.0.1:${t.port}`]),
+        '',
+      ].join('\n');
+      const file = join(dir, 'haproxy.cfg');
+      writeFileSync(file, conf);
+      const p = await spawnProxy(name, which('haproxy'), ['-db', '-f', file], { dir, port: ports[0] });
+      for (const port of ports.slice(1)) await waitForPort(port);
+      return { ...p, ports, configFile: file };
+    },
+  };
+}
+
+export const haproxy = haproxyPeer('haproxy', false);
+export const haproxySplice = haproxyPeer('haproxy-splice', true);
+
+/** socat, one `TCP-LISTEN:...,fork` per target under one shell: a process per connection. */
+export const socat = {
+  name: 'socat',
+  available: (opts) => ensureBinary('socat', 'socat', opts),
+  version() {
+    try {
+      const out = execFileSync(which('socat'), ['-V'], { encoding: 'utf8' });
+      return `${/socat version (\S+)/.exec(out)?.[0] ?? 'socat'}, TCP-LISTEN fork (a process per connection)`;
+    } catch (err) {
+      return `unknown (${err.message})`;
+    }
+  },
+  async start(env, targets) {
+    const dir = peerDir(env, 'socat');
+    const ports = [];
+    for (let i = 0; i < targets.length; i++) ports.push(await freePort());
+    const bin = which('socat');
+    const script = `${targets
+      .map((t, i) => `'${bin}' TCP-LISTEN:${ports[i]},bind=127.0.0.1,fork,reuseaddr,backlog=4096 TCP:127.0.0.1:${t.port} &`)
+      .join('\n')}\nwait\n`;
+    const file = join(dir, 'socat.sh');
+    writeFileSync(file, script);
+    const out = openSync(join(dir, 'socat.out.log'), 'a');
+    // Its own process group: stopping it ends the shell, every listener and every forked relay.
+    const child = spawn('/bin/sh', [file], { stdio: ['ignore', out, out], detached: true });
+    let exited = null;
+    child.on('exit', (code, signal) => (exited = code ?? signal));
+    const killGroup = (sig) => {
+      try {
+        process.kill(-child.pid, sig);
+      } catch {
+        // gone
+      }
+    };
+    try {
+      for (const port of ports) await waitForPort(port, '127.0.0.1', 20_000, () => exited === null);
+    } catch (err) {
+      killGroup('SIGKILL');
+      throw new Error(`socat did not start: ${err.message}`);
+    }
+    return {
+      pid: child.pid,
+      child,
+      ports,
+      kill: () => killGroup('SIGKILL'),
+      async stop() {
+        killGroup('SIGTERM');
+        if (exited === null) await Promise.race([new Promise((r) => child.once('exit', r)), new Promise((r) => setTimeout(r, 5000))]);
+        killGroup('SIGKILL');
+      },
+    };
+  },
+};
+
+export const FORWARD_PEERS = [directForward, waEgressFwd, waEgressW2Fwd, haproxy, haproxySplice, socat];
 
 export { pkgVersion };

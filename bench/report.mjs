@@ -263,6 +263,8 @@ export function renderMarkdown(r) {
     );
   }
 
+  out.push(...scaleOut(r));
+
   const notRun = peers.filter(([, p]) => p.status !== 'ok');
   out.push('## Skipped or failed peers', '');
   out.push(notRun.length ? notRun.map(([n, p]) => `- **${n}**: ${p.status}: ${p.reason}`).join('\n') : 'None.', '');
@@ -270,14 +272,279 @@ export function renderMarkdown(r) {
   out.push('## How to run', '');
   out.push(
     '```sh\nnpm run build && npm run bench          # full run, rewrites this file and results.json\n' +
-      'node bench/run.mjs --smoke               # a few seconds: direct and wa-egress only (part of npm test)\n' +
+      'node bench/run.mjs --smoke               # seconds: direct, wa-egress, wa-egress-w2; forwards: direct, wa-egress (part of npm test)\n' +
       'node bench/run.mjs --peers wa-egress,squid --duration 3 --profile   # a subset; --cpu-prof for the Node peers\n' +
       'node bench/run.mjs --peers wa-egress,floor-net --phases handshakes,latency --rounds 2   # some phases only\n' +
-      'node bench/run.mjs --peers wa-egress,squid --phases memory --idle 45   # idle tunnels, resting 45 s at each count\n```',
+      'node bench/run.mjs --peers wa-egress,squid --phases memory --idle 45   # idle tunnels, resting 45 s at each count\n' +
+      'node bench/run.mjs --peers wa-egress,wa-egress-w2,wa-egress-w2-none,squid --phases handshakes,throughput   # workers\n' +
+      'node bench/run.mjs --phases forward --forward-peers wa-egress,haproxy,haproxy-splice,socat --forward-conns 1000,2500,4000\n```',
     '',
-    'squid and tinyproxy are installed with apt-get when missing (their services are not started); each proxy runs ' +
+    'squid, tinyproxy, haproxy and socat are installed with apt-get when missing (their services are not started; a package that cannot be installed skips its peer); each proxy runs ' +
       'as its own process on 127.0.0.1 with a config file in a temp dir that allows CONNECT to the bench ports and never cuts an idle tunnel.',
     '',
   );
   return out.join('\n');
+}
+
+// ------------------------------------------------------------------ issue 11
+
+const share = (counts) => {
+  const n = Object.values(counts).reduce((a, b) => a + b, 0);
+  return Object.keys(counts)
+    .sort((a, b) => Number(a) - Number(b))
+    .map((w) => `${w}: ${num(counts[w])} (${num((100 * counts[w]) / Math.max(1, n), 0)} %)`)
+    .join(', ');
+};
+
+function scaleOut(r) {
+  const out = [];
+  const P = r.peers;
+  const okp = (n) => (P[n]?.status === 'ok' ? P[n] : null);
+  const w1 = okp('wa-egress');
+  const workers = ['wa-egress', 'wa-egress-w2', 'wa-egress-w2-none'].filter((n) => okp(n));
+  const fwd = r.forward?.peers ?? {};
+  const fok = Object.entries(fwd).filter(([, p]) => p.status === 'ok');
+  if (workers.length < 2 && !fok.length) return out;
+
+  out.push('## Scaling out (issue 11): workers and forward listeners', '');
+  out.push(
+    'Handshakes at squid\'s cost and forwards at HAProxy\'s speed: wa-egress with `workers: 2` under both node:cluster scheduling policies, ' +
+      'and its raw TCP forward listeners (`listen.forwards`) beside HAProxy and socat. Every figure comes from the same run as the tables above.',
+    '',
+  );
+
+  if (r.targets_scale_out?.length) {
+    out.push('### Targets', '');
+    const v = (x, d) => (typeof x === 'number' ? num(x, d) : dash);
+    out.push(
+      table(
+        ['target', 'measured', 'against', 'their figure', 'ratio', 'met'],
+        r.targets_scale_out.map((t) => {
+          const d = /throughput/.test(t.target) ? 0 : /CPU/.test(t.target) ? 1 : 0;
+          return [t.target, v(t.value?.ours, d), t.against, v(t.value?.theirs, d), ratio(t.ratio), t.pass === null ? 'n/a' : t.pass ? 'yes' : '**no**'];
+        }),
+      ),
+      '',
+      'CPU per handshake is the proxy\'s whole process tree (with workers: the primary and both workers). ' +
+        'Forward throughput is compared with the better of HAProxy without and with splice, at each connection count.',
+      '',
+    );
+  }
+
+  if (workers.length) {
+    out.push('### Workers', '');
+    out.push(
+      table(
+        ['peer', 'scheduling', 'handshakes/s', '×wa-egress', '×squid', 'CPU µs each', 'of it primary', 'of it workers', '1 tunnel MiB/s', '8 tunnels MiB/s', 'CPU s per GiB', 'other work (cores)'],
+        workers.map((n) => {
+          const p = P[n];
+          const hs = get(p, 'handshakes.per_sec');
+          const base = get(w1, 'handshakes.per_sec');
+          return [
+            n,
+            n === 'wa-egress' ? 'one process' : p.spread?.sched === 'none' ? 'none (workers accept)' : 'round robin (primary accepts)',
+            withRange(hs, get(p, 'handshakes.rounds')),
+            typeof hs === 'number' && typeof base === 'number' && base ? ratio(hs / base) : dash,
+            ratio(p.ratios?.['handshakes.per_sec']?.vs_squid),
+            num(get(p, 'handshakes.cpu_us_per_handshake'), 1),
+            n === 'wa-egress' ? dash : num(get(p, 'handshakes.primary_cpu_us_per_handshake'), 1),
+            n === 'wa-egress' ? dash : num(get(p, 'handshakes.workers_cpu_us_per_handshake'), 1),
+            withRange(get(p, 'throughput.tunnels_1.mib_per_s'), get(p, 'throughput.tunnels_1.rounds')),
+            withRange(get(p, 'throughput.tunnels_8.mib_per_s'), get(p, 'throughput.tunnels_8.rounds')),
+            num(get(p, 'throughput.cpu_s_per_gib'), 3),
+            num(p.foreign_cpu_cores, 2),
+          ];
+        }),
+      ),
+      '',
+      'The CONNECT handshake and throughput phases above, the same load and rounds. "Of it primary" is the utime+stime of the primary process ' +
+        'alone over the measured handshakes; "of it workers" the rest of the tree. "Other work" is the CPU that processes outside the bench used ' +
+        'on average while that peer was measured (as in Machine above): with two cores, figures measured while it is well above zero are disturbed, ' +
+        'rates more than CPU per handshake.',
+      '',
+    );
+    const spreads = workers.filter((n) => P[n].spread);
+    if (spreads.length) {
+      out.push('#### Spread: connections per worker', '');
+      out.push(
+        table(
+          ['peer', 'scheduling', 'share (worker 1/2, %)', 'connections per worker', ...Array.from({ length: r.params.rounds }, (_, i) => `round ${i + 1}`)],
+          spreads.map((n) => {
+            const sp = P[n].spread;
+            return [
+              n,
+              sp.sched === 'none' ? 'NODE_CLUSTER_SCHED_POLICY=none' : 'round robin (default)',
+              sp.share,
+              share(sp.total),
+              ...Array.from({ length: r.params.rounds }, (_, i) => sp.rounds[i]?.share ?? dash),
+            ];
+          }),
+        ),
+        '',
+        'Counted from the audit log: one `egress.allowed` record per connection of the measured handshake phase (after the warm-up), ' +
+          'whose id `<boot>.<workerId>-<seq>` names the worker that took it.',
+        '',
+      );
+    }
+  }
+
+  const prof = r.primary_profile;
+  if (prof && !prof.error) {
+    out.push('#### Where the primary\'s CPU goes (round robin, `--cpu-prof`)', '');
+    out.push(
+      table(
+        ['where', 'ms', '% of the primary\'s busy JS thread'],
+        (prof.categories ?? []).map((c) => [c.category, num(c.ms, 0), num(c.pct_of_busy, 1)]),
+      ),
+      '',
+      `A separate \`wa-egress-w2\` (round robin) under \`node --cpu-prof\` with the same handshake load (${num(prof.handshakes)} handshakes, ${num(prof.per_sec)}/s); ` +
+        `samples of ${prof.window ?? 'the whole process'}: ${num(prof.busy_s, 2)} s busy of ${num(prof.sampled_s, 2)} s. ` +
+        `The primary used ${num(prof.primary_cpu_us_per_handshake, 1)} µs of CPU (utime+stime, the kernel's share included) per handshake there; ` +
+        'a profile sees only its JavaScript thread, so the kernel\'s work for accept(2) and for passing each socket over the IPC channel (SCM_RIGHTS) is missing from it. ' +
+        `Top functions by self time: ${prof.self_top.slice(0, 6).map((e) => `\`${e.fn}\` ${num(e.pct_of_busy, 1)} %`).join(', ')}.`,
+      '',
+    );
+  } else if (prof?.error) out.push(`Profile of the primary: failed: ${prof.error}`, '');
+
+  if (fok.length) {
+    out.push('### Raw TCP forwards', '');
+    const fr = (p, path, which) => ratio(p.ratios?.[path]?.[which]);
+    out.push(
+      table(
+        ['peer', '1 conn MiB/s', '×HAProxy best', '×direct', '8 conns MiB/s', '×HAProxy best', '×direct', 'CPU s per GiB', '×HAProxy', 'connections/s', '×HAProxy best', 'CPU µs per connection', 'other work (cores)'],
+        fok.map(([n, p]) => [
+          n,
+          withRange(get(p, 'throughput.conns_1.mib_per_s'), get(p, 'throughput.conns_1.rounds')),
+          fr(p, 'throughput.conns_1.mib_per_s', 'vs_haproxy_best'),
+          fr(p, 'throughput.conns_1.mib_per_s', 'vs_direct'),
+          withRange(get(p, 'throughput.conns_8.mib_per_s'), get(p, 'throughput.conns_8.rounds')),
+          fr(p, 'throughput.conns_8.mib_per_s', 'vs_haproxy_best'),
+          fr(p, 'throughput.conns_8.mib_per_s', 'vs_direct'),
+          num(get(p, 'throughput.cpu_s_per_gib'), 3),
+          fr(p, 'throughput.cpu_s_per_gib', 'vs_haproxy'),
+          withRange(get(p, 'connections.per_sec'), get(p, 'connections.rounds')),
+          fr(p, 'connections.per_sec', 'vs_haproxy_best'),
+          num(get(p, 'connections.cpu_us_per_conn'), 1),
+          num(p.foreign_cpu_cores, 2),
+        ]),
+      ),
+      '',
+      'Each forward peer listens once per sink listener and relays to it: throughput from the sinks\' `source` listeners (one direction, sink → client), ' +
+        `connections per second to their \`close\` listeners (open, one byte up and echoed, the sink closes; ${r.params.clients} clients × ${r.params.concurrency} in flight). ` +
+        `${r.params.durationMs / 1000} s per measurement, the median of ${r.params.rounds} round${r.params.rounds > 1 ? 's' : ''} (range in brackets). ` +
+        '"×HAProxy best" divides by the better of `haproxy` (no splice) and `haproxy-splice`; "×HAProxy" for CPU by `haproxy`. ' +
+        'wa-egress judges, resolves (`sink.bench` in `dns.hosts`) and audits every forward connection as it does a CONNECT; HAProxy and socat are given the IP literal.',
+      '',
+    );
+    const levels = r.forward.params.conns;
+    const mem = fok.filter(([, p]) => p.memory);
+    if (mem.length) {
+      out.push('#### Memory per idle forward connection', '');
+      out.push(
+        table(
+          ['peer', ...levels.map((l) => `RSS MiB at ${num(l)}`), 'KiB per connection (RSS slope)', '×HAProxy', 'PSS slope KiB', `fds at ${num(levels.at(-1))}`, 'threads'],
+          mem.map(([n, p]) => {
+            const pts = p.memory.points;
+            return [
+              n,
+              ...levels.map((l) => {
+                const pt = pts.find((x) => x.target === l);
+                return pt ? `${num(pt.rss_kib / 1024, 1)}${pt.conns !== l ? ` (${num(pt.conns)} open)` : ''}` : dash;
+              }),
+              num(p.memory.slope_kib_per_conn, 2),
+              fr(p, 'memory.slope_kib_per_conn', 'vs_haproxy'),
+              num(p.memory.pss_slope_kib_per_conn, 2),
+              num(pts.at(-1)?.fds),
+              num(pts.at(-1)?.threads),
+            ];
+          }),
+        ),
+        '',
+        `Idle connections through every forward peer at once (each with its own holder client and echo sink), RSS of the peer's process tree read after all have rested ${r.forward.params.idle_s} s at each count; ` +
+          'the slope is a least-squares fit over the counts. PSS counts a page shared by several processes once in all: ' +
+          'socat forks a process per connection, whose shared pages RSS counts again in every one.' +
+          (fwd['wa-egress-w2']?.memory ? ' `wa-egress-w2` is three processes (the primary and two workers).' : ''),
+        '',
+      );
+    }
+    const skipped = Object.entries(fwd).filter(([, p]) => p.status !== 'ok');
+    if (skipped.length) out.push(skipped.map(([n, p]) => `- forward peer **${n}**: ${p.status}: ${p.reason}`).join('\n'), '');
+    out.push(
+      'Versions: ' + Object.entries(fwd).map(([n, p]) => `${n}: ${p.version}`).join('; ') + '.',
+      '',
+    );
+  }
+
+  out.push('### What limits', '');
+  out.push(...limits(r), '');
+  return out;
+}
+
+/** The "what limits" paragraphs, from this run's figures. */
+function limits(r) {
+  const P = r.peers;
+  const g = (n, path) => get(P[n], path);
+  const lines = [];
+  const w1 = g('wa-egress', 'handshakes.per_sec');
+  const rr = g('wa-egress-w2', 'handshakes.per_sec');
+  const none = g('wa-egress-w2-none', 'handshakes.per_sec');
+  const nproc = r.machine.nproc;
+  if (typeof w1 === 'number' && (typeof rr === 'number' || typeof none === 'number')) {
+    lines.push(
+      `- **Cores.** This machine has ${nproc} cores, and the bench's ${r.params.clients} client processes and ${r.params.sinks} sinks run on them beside the proxy: ` +
+        `a second worker gets no core of its own, it takes CPU from the load generators and from the other worker. ` +
+        `Here two workers made ${typeof rr === 'number' ? `${ratio(rr / w1)} (round robin)` : dash} and ${typeof none === 'number' ? `${ratio(none / w1)} (none)` : dash} ` +
+        'of one process\'s handshakes per second. Workers pay off when there are cores to spare for them; this benchmark cannot show that, only what they cost.',
+    );
+    const pRr = g('wa-egress-w2', 'handshakes.primary_cpu_us_per_handshake');
+    const pNone = g('wa-egress-w2-none', 'handshakes.primary_cpu_us_per_handshake');
+    const c1 = g('wa-egress', 'handshakes.cpu_us_per_handshake');
+    const c2 = g('wa-egress-w2', 'handshakes.cpu_us_per_handshake');
+    lines.push(
+      `- **The primary.** It never proxies, yet it used ${num(pRr, 1)} µs per handshake under round robin and ${num(pNone, 1)} µs with ` +
+        '`NODE_CLUSTER_SCHED_POLICY=none`. Under round robin it accepts every connection itself and hands the socket to a worker over the IPC channel ' +
+        '(a message carrying the descriptor, SCM_RIGHTS, and the worker\'s ack); under either policy every worker sends it each audit record ' +
+        '(two per connection: `egress.allowed` and `egress.closed`) as a serialised IPC message, which it decodes and writes: the one audit writer. ' +
+        `The difference between the two policies is about the handoff's cost; what remains with \`none\` is the audit records. ` +
+        `In all, the tree spent ${num(c2, 1)} µs per handshake with two workers against ${num(c1, 1)} µs in one process.`,
+    );
+  }
+  const prof = r.primary_profile;
+  if (prof?.categories?.length) {
+    lines.push(
+      '- **Profile of the primary** (its JavaScript thread, busy time): ' +
+        prof.categories
+          .filter((c) => c.category !== 'other')
+          .map((c) => `${c.category} ${num(c.pct_of_busy, 0)} %`)
+          .join('; ') +
+        `; everything else ${num(prof.categories.find((c) => c.category === 'other')?.pct_of_busy ?? 0, 0)} %.`,
+    );
+  }
+  const f = r.forward?.peers ?? {};
+  const fw = f['wa-egress']?.status === 'ok' ? f['wa-egress'] : null;
+  const hp = ['haproxy', 'haproxy-splice'].filter((n) => f[n]?.status === 'ok');
+  if (fw && hp.length) {
+    const t8 = fw.ratios?.['throughput.conns_8.mib_per_s']?.vs_haproxy_best;
+    const t1 = fw.ratios?.['throughput.conns_1.mib_per_s']?.vs_haproxy_best;
+    const cps = fw.ratios?.['connections.per_sec']?.vs_haproxy_best;
+    lines.push(
+      `- **Forwards.** wa-egress moved ${ratio(t1)} (one connection) and ${ratio(t8)} (eight) of HAProxy's better throughput, and opened ${ratio(cps)} of its connections per second. ` +
+        'A forwarded byte costs wa-egress a read into user space and a write out of it, as it does HAProxy without splice; ' +
+        'HAProxy\'s connections are cheaper because it does nothing per connection but relay, where wa-egress judges the destination against the policy, resolves it, ' +
+        'checks the address, and writes two audit records.' +
+        (f.haproxy?.status === 'ok' && f['haproxy-splice']?.status === 'ok'
+          ? ` With \`option splice-auto\` HAProxy moves bytes between the sockets inside the kernel (through a pipe): here ${ratio(
+              f['haproxy-splice'].ratios?.['throughput.conns_8.mib_per_s']?.vs_haproxy,
+            )} of its throughput without splice for eight connections, ${ratio(f['haproxy-splice'].ratios?.['throughput.cpu_s_per_gib']?.vs_haproxy)} of its CPU per GiB.`
+          : ''),
+    );
+  }
+  if (f.socat?.status === 'ok' && f.socat.memory) {
+    lines.push(
+      `- **socat** forks a process per connection: ${num(f.socat.connections?.per_sec)} connections/s, and ${num(f.socat.memory.slope_kib_per_conn, 0)} KiB of RSS per idle connection ` +
+        `(${num(f.socat.memory.pss_slope_kib_per_conn, 0)} KiB PSS, its shared pages counted once).`,
+    );
+  }
+  if (!lines.length) lines.push('Not enough peers ran to say.');
+  return lines;
 }

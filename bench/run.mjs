@@ -1,6 +1,8 @@
 #!/usr/bin/env node
 // wa-egress benchmark: the same load through direct (no proxy: the limit),
-// wa-egress, squid, tinyproxy, proxy-chain and `proxy`, side by side.
+// wa-egress (one process, and two workers under either cluster scheduling
+// policy), squid, tinyproxy, proxy-chain and `proxy`, side by side; then raw
+// TCP forwards: wa-egress's forward listeners beside HAProxy and socat.
 //
 //   node bench/run.mjs            full run (a few minutes); writes bench/RESULTS.md and bench/results.json
 //   node bench/run.mjs --smoke    seconds; direct and wa-egress only, tiny counts, no apt-get;
@@ -8,7 +10,9 @@
 //
 // Options: --peers a,b,...  --out DIR  --duration SECONDS (per measurement)  --rounds N  --tunnels 2000,5000,9000
 //          --clients N  --sinks N  --no-install  --profile (wa-egress under --cpu-prof)  --keep (temp dir)
-//          --phases memory,throughput,handshakes,latency,dns (a subset, while working on one figure)
+//          --phases memory,throughput,handshakes,latency,dns,forward (a subset, while working on one figure)
+//          --forward-peers a,b,... (the forward phase's peers: direct, wa-egress, wa-egress-w2, haproxy,
+//          haproxy-splice, socat; bench/forward.mjs)  --no-primary-profile
 //          --idle SECONDS (how long idle tunnels rest before RSS is read; 30 in a full run)
 //
 // Needs `npm run build` first (wa-egress runs as `node dist/cli.js serve`).
@@ -20,8 +24,10 @@ import os from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { Child, fdCount, machineBusySeconds, percentile, sleep, slope, treeCpuSeconds, treeRssKiB, treeThreads } from './lib.mjs';
-import { ALL_PEERS } from './peers.mjs';
+import { auditSettled, auditWorkers, Child, foreignMeter, median, ownCpuSeconds, percentile, round, settleRss, sleep, slope, spread, sum, treeCpuSeconds, treeFdCount, treeRssKiB, treeThreads } from './lib.mjs';
+import { phaseForward } from './forward.mjs';
+import { ALL_PEERS, FORWARD_PEERS, waEgressW2 } from './peers.mjs';
+import { summarizeProfile, topEntries } from './profile-summary.mjs';
 import { renderMarkdown } from './report.mjs';
 
 const here = dirname(fileURLToPath(import.meta.url));
@@ -42,6 +48,9 @@ const { values: opt } = parseArgs({
     keep: { type: 'boolean', default: false },
     phases: { type: 'string' },
     idle: { type: 'string' },
+    'forward-peers': { type: 'string' },
+    'forward-conns': { type: 'string' },
+    'no-primary-profile': { type: 'boolean', default: false },
   },
 });
 
@@ -62,6 +71,7 @@ const P = SMOKE
       rounds: 1,
       settleMaxMs: 300,
       idleMs: 200,
+      forwardConns: [20, 40, 80],
     }
   : {
       durationMs: 2500,
@@ -78,6 +88,7 @@ const P = SMOKE
       dnsNames: 1000,
       settleMaxMs: 5000,
       idleMs: 30_000,
+      forwardConns: [1000, 2500, 4000],
     };
 if (opt.duration) P.durationMs = Number(opt.duration) * 1000;
 if (opt.rounds) P.rounds = Number(opt.rounds);
@@ -85,8 +96,9 @@ if (opt.tunnels) P.tunnels = opt.tunnels.split(',').map(Number);
 if (opt.clients) P.clients = Number(opt.clients);
 if (opt.sinks) P.sinks = Number(opt.sinks);
 if (opt.idle) P.idleMs = Number(opt.idle) * 1000;
+if (opt['forward-conns']) P.forwardConns = opt['forward-conns'].split(',').map(Number);
 
-const peerNames = opt.peers ? opt.peers.split(',') : SMOKE ? ['direct', 'wa-egress'] : ALL_PEERS.map((p) => p.name);
+const peerNames = opt.peers ? opt.peers.split(',') : SMOKE ? ['direct', 'wa-egress', 'wa-egress-w2'] : ALL_PEERS.map((p) => p.name);
 const unknown = peerNames.filter((n) => !ALL_PEERS.some((p) => p.name === n));
 if (unknown.length) {
   process.stderr.write(`bench: unknown peer(s) ${unknown.join(', ')}; known: ${ALL_PEERS.map((p) => p.name).join(', ')}\n`);
@@ -94,13 +106,21 @@ if (unknown.length) {
 }
 if (!peerNames.includes('direct')) peerNames.unshift('direct'); // every ratio needs the limit
 const install = !SMOKE && !opt['no-install'];
-const PHASES = ['memory', 'throughput', 'handshakes', 'latency', 'dns'];
+const PHASES = ['memory', 'throughput', 'handshakes', 'latency', 'dns', 'forward'];
 const phases = new Set(opt.phases ? opt.phases.split(',') : PHASES);
 const unknownPhases = [...phases].filter((p) => !PHASES.includes(p));
 if (unknownPhases.length) {
   process.stderr.write(`bench: unknown phase(s) ${unknownPhases.join(', ')}; known: ${PHASES.join(', ')}\n`);
   process.exit(2);
 }
+
+const forwardPeerNames = opt['forward-peers'] ? opt['forward-peers'].split(',') : SMOKE ? ['direct', 'wa-egress'] : FORWARD_PEERS.map((p) => p.name);
+const unknownFwd = forwardPeerNames.filter((n) => !FORWARD_PEERS.some((p) => p.name === n));
+if (unknownFwd.length) {
+  process.stderr.write(`bench: unknown forward peer(s) ${unknownFwd.join(', ')}; known: ${FORWARD_PEERS.map((p) => p.name).join(', ')}\n`);
+  process.exit(2);
+}
+if (!forwardPeerNames.includes('direct')) forwardPeerNames.unshift('direct');
 
 const outDir = opt.out ?? (SMOKE ? mkdtempSync(join(os.tmpdir(), 'wa-egress-bench-smoke-')) : here);
 mkdirSync(outDir, { recursive: true });
@@ -120,7 +140,8 @@ const children = new Set();
 const stopAll = () => {
   for (const c of children) {
     try {
-      (c.proc ?? c.child)?.kill('SIGKILL');
+      if (c.kill) c.kill();
+      else (c.proc ?? c.child)?.kill('SIGKILL');
     } catch {
       // gone
     }
@@ -162,9 +183,6 @@ function machine() {
 
 // ------------------------------------------------------------------ phases
 
-const sum = (xs) => xs.reduce((a, b) => a + b, 0);
-const round = (x, d = 2) => (Number.isFinite(x) ? Math.round(x * 10 ** d) / 10 ** d : null);
-
 function latencyStats(latUs) {
   const s = Float64Array.from(latUs).sort();
   return {
@@ -173,21 +191,6 @@ function latencyStats(latUs) {
     p99_ms: round(percentile(s, 99) / 1000, 4),
     mean_ms: round(sum(s) / s.length / 1000, 4),
   };
-}
-
-async function settleRss(pid) {
-  await sleep(Math.min(500, P.settleMaxMs));
-  const end = Date.now() + P.settleMaxMs;
-  let prev = treeRssKiB(pid);
-  let stable = 0;
-  while (Date.now() < end) {
-    await sleep(250);
-    const cur = treeRssKiB(pid);
-    stable = Math.abs(cur - prev) <= prev * 0.005 ? stable + 1 : 0;
-    prev = cur;
-    if (stable >= 2) break;
-  }
-  return prev;
 }
 
 /**
@@ -203,7 +206,7 @@ async function phaseMemory(runs, env) {
   const measured = runs.filter((r) => r.proc.pid);
   const state = new Map();
   for (const run of measured) {
-    state.set(run, { baseline: await settleRss(run.proc.pid), points: [], opened: 0, errors: 0, firstError: undefined, mem: env.memory.get(run.peer.name) });
+    state.set(run, { baseline: await settleRss(run.proc.pid, P.settleMaxMs), points: [], opened: 0, errors: 0, firstError: undefined, mem: env.memory.get(run.peer.name) });
   }
   for (const level of P.tunnels) {
     for (const run of measured) {
@@ -218,7 +221,7 @@ async function phaseMemory(runs, env) {
         st.firstError ??= r.firstError;
         const status = await client.call('status');
         st.opened = status.held;
-        st.points.push({ target: level, tunnels: status.held, rss_open_kib: await settleRss(run.proc.pid), dropped: status.dropped });
+        st.points.push({ target: level, tunnels: status.held, rss_open_kib: await settleRss(run.proc.pid, P.settleMaxMs), dropped: status.dropped });
       } catch (err) {
         run.res.errors.memory ??= err.message.split('\n')[0];
       }
@@ -236,7 +239,7 @@ async function phaseMemory(runs, env) {
         pt.dropped = after.dropped;
         st.opened = after.held;
       }
-      pt.fds = fdCount(run.proc.pid);
+      pt.fds = treeFdCount(run.proc.pid);
       pt.threads = treeThreads(run.proc.pid);
       log(
         `  ${run.peer.name}: ${pt.tunnels} idle tunnels: RSS ${(pt.rss_open_kib / 1024).toFixed(1)} MiB when opened, ` +
@@ -270,8 +273,8 @@ async function phaseMemory(runs, env) {
 // The phases below return raw figures for one round; `aggregate` combines
 // the rounds (medians of rates, pooled latency samples, summed CPU and bytes).
 
-async function phaseThroughput(env, proxy, pid) {
-  const out = { cpu_s: 0, bytes: 0 };
+async function phaseThroughput(env, proxy, pid, workers) {
+  const out = { cpu_s: 0, bytes: 0, primary_cpu_s: 0 };
   for (const streams of [1, 8]) {
     const targets = Array.from({ length: streams }, (_, i) => {
       const s = env.sinks[i % env.sinks.length];
@@ -280,8 +283,10 @@ async function phaseThroughput(env, proxy, pid) {
     const procs = streams === 1 ? 1 : Math.min(2, env.clients.length);
     const groups = Array.from({ length: procs }, (_, k) => targets.filter((_, i) => i % procs === k));
     const cpu0 = pid ? treeCpuSeconds(pid) : 0;
+    const own0 = workers > 1 ? ownCpuSeconds(pid) : 0;
     const rs = await Promise.all(groups.map((g, k) => env.clients[k].call('throughput', { proxy, targets: g, durationMs: P.durationMs })));
     const cpu1 = pid ? treeCpuSeconds(pid) : 0;
+    if (workers > 1) out.primary_cpu_s += ownCpuSeconds(pid) - own0;
     const window = Math.max(...rs.map((r) => r.seconds));
     out[`tunnels_${streams}`] = sum(rs.map((r) => r.bytes)) / MiB / window;
     out.cpu_s += cpu1 - cpu0;
@@ -308,13 +313,22 @@ async function handshakes(env, proxy, targets, durationMs, { dnsServer } = {}) {
   };
 }
 
-async function phaseHandshakes(env, proxy, pid, warm) {
+async function phaseHandshakes(env, proxy, proc, warm) {
+  const { pid, workers = 1, auditFile } = proc;
   const targets = env.sinks.map((s) => ({ host: env.targetHost, port: s.info.ports.close, addr: '127.0.0.1' }));
   if (!warm) await handshakes(env, proxy, targets, P.warmupMs); // JIT, pools, caches
+  const spreadOf = workers > 1 && auditFile;
+  const from = spreadOf ? await auditSettled(auditFile) : 0;
   const cpu0 = pid ? treeCpuSeconds(pid) : 0;
+  const own0 = workers > 1 ? ownCpuSeconds(pid) : 0;
   const r = await handshakes(env, proxy, targets, P.durationMs);
   r.cpu_s = pid ? treeCpuSeconds(pid) - cpu0 : 0;
-  log(`  handshakes: ${r.per_sec.toFixed(0)}/s${r.errors ? `, ${r.errors} errors (${r.first_error})` : ''}`);
+  if (workers > 1) r.primary_cpu_s = ownCpuSeconds(pid) - own0;
+  if (spreadOf) r.workers = auditWorkers(auditFile, from, await auditSettled(auditFile));
+  log(
+    `  handshakes: ${r.per_sec.toFixed(0)}/s${r.errors ? `, ${r.errors} errors (${r.first_error})` : ''}` +
+      `${r.workers ? `; per worker ${Object.entries(r.workers).map(([w, n]) => `${w}: ${n}`).join(', ')}` : ''}`,
+  );
   return r;
 }
 
@@ -343,7 +357,7 @@ async function phaseDns(env, proxy, peer, warm) {
 /** Which peers can take part in the DNS phase, and why not. */
 function dnsSupport(peer, env) {
   if (peer === 'direct') return { ok: true, how: 'the client resolves through the bench DNS server (A and AAAA), then connects' };
-  if (peer === 'wa-egress') return { ok: true, how: 'dns.servers points at the bench DNS server' };
+  if (peer.startsWith('wa-egress')) return { ok: true, how: 'dns.servers points at the bench DNS server' };
   if (peer === 'squid') {
     return env.dnsServer.endsWith(':53')
       ? { ok: true, how: 'dns_nameservers 127.0.0.1 (the bench DNS server on port 53)' }
@@ -351,23 +365,6 @@ function dnsSupport(peer, env) {
   }
   return { ok: false, reason: 'resolves with the system resolver only (/etc/resolv.conf); cannot be pointed at the bench DNS server without changing the machine' };
 }
-
-/** CPU used on the machine by processes outside this bench: other work skews every figure. */
-function foreignMeter() {
-  const t0 = Date.now();
-  const busy0 = machineBusySeconds();
-  const own0 = treeCpuSeconds(process.pid);
-  return () => ({
-    wall: (Date.now() - t0) / 1000,
-    foreign: Math.max(0, machineBusySeconds() - busy0 - (treeCpuSeconds(process.pid) - own0)),
-  });
-}
-
-const median = (xs) => {
-  const s = [...xs].sort((a, b) => a - b);
-  return s.length ? (s.length % 2 ? s[(s.length - 1) / 2] : (s[s.length / 2 - 1] + s[s.length / 2]) / 2) : NaN;
-};
-const spread = (xs) => (xs.length > 1 ? [round(Math.min(...xs), 1), round(Math.max(...xs), 1)] : undefined);
 
 /** Combine the rounds of one peer into its reported figures. */
 function aggregate(run) {
@@ -383,6 +380,7 @@ function aggregate(run) {
       cpu_s_per_gib: hasPid ? round(cpu / (bytes / GiB), 3) : null,
       gib_moved: round(bytes / GiB, 2),
     };
+    if (proc.workers > 1) res.throughput.primary_cpu_s_per_gib = round(sum(t.map((x) => x.primary_cpu_s)) / (bytes / GiB), 4);
   }
   if (raw.handshakes.length) {
     const h = raw.handshakes;
@@ -396,6 +394,27 @@ function aggregate(run) {
       cpu_us_per_handshake: hasPid ? round((sum(h.map((x) => x.cpu_s)) * 1e6) / count, 1) : null,
       under_load: latencyStats(h.flatMap((x) => x.latUs)),
     };
+    if (proc.workers > 1) {
+      // The primary's own share of the tree's CPU, and how the connections spread over the workers.
+      const primary = sum(h.map((x) => x.primary_cpu_s ?? 0));
+      res.handshakes.primary_cpu_us_per_handshake = round((primary * 1e6) / count, 1);
+      res.handshakes.workers_cpu_us_per_handshake = round(((sum(h.map((x) => x.cpu_s)) - primary) * 1e6) / count, 1);
+      const per = h.filter((x) => x.workers);
+      if (per.length) {
+        const total = {};
+        for (const x of per) for (const [w, n] of Object.entries(x.workers)) total[w] = (total[w] ?? 0) + n;
+        // Worker ids start at 1; one that took nothing still shows (as 0).
+        const share = (c) => {
+          const n = sum(Object.values(c));
+          const ids = new Set([...Array.from({ length: proc.workers }, (_, i) => String(i + 1)), ...Object.keys(c)]);
+          return [...ids]
+            .sort((a, b) => Number(a) - Number(b))
+            .map((w) => round((100 * (c[w] ?? 0)) / Math.max(1, n), 0))
+            .join('/');
+        };
+        res.spread = { sched: proc.sched, workers: proc.workers, total, share: share(total), rounds: per.map((x) => ({ counts: x.workers, share: share(x.workers) })) };
+      }
+    }
   }
   if (raw.latency.length) {
     const l = raw.latency;
@@ -471,8 +490,8 @@ async function peerRound(run, round) {
   const warm = round > 0;
   const meter = foreignMeter();
   const add = (list, r) => r && list.push(r);
-  if (phases.has('throughput')) add(raw.throughput, await guarded(run, 'throughput', () => phaseThroughput(penv, proxy, proc.pid)));
-  if (phases.has('handshakes')) add(raw.handshakes, await guarded(run, 'handshakes', () => phaseHandshakes(penv, proxy, proc.pid, warm)));
+  if (phases.has('throughput')) add(raw.throughput, await guarded(run, 'throughput', () => phaseThroughput(penv, proxy, proc.pid, proc.workers)));
+  if (phases.has('handshakes')) add(raw.handshakes, await guarded(run, 'handshakes', () => phaseHandshakes(penv, proxy, proc, warm)));
   if (phases.has('latency')) add(raw.latency, await guarded(run, 'latency', () => phaseLatency(penv, proxy, proc.pid, warm)));
   if (run.dnsHow && phases.has('dns')) add(raw.dns, await guarded(run, 'dns', () => phaseDns(penv, proxy, peer.name, warm)));
   const m = meter();
@@ -555,6 +574,107 @@ function targets(results) {
   add('hostname decision ≤ 1 µs (p99)', pol?.hostname ? round(pol.hostname.p99_ns / 1000, 3) : null, pol?.hostname ? pol.hostname.p99_ns <= 1000 : null);
   add('full decide() ≥ 1,000,000/s', round(pol?.decide?.per_sec, 0), ge(pol?.decide?.per_sec, 1e6));
   return list;
+}
+
+/** The targets of issue 11 (scale out): handshakes at squid's cost, forwards at HAProxy's speed. */
+function targetsScaleOut(results) {
+  const list = [];
+  const ok = (n) => (results.peers[n]?.status === 'ok' ? results.peers[n] : null);
+  const sq = ok('squid');
+  const add = (target, value, against, pass) => list.push({ target, value, against, pass: pass === null ? null : Boolean(pass) });
+  const cmp = (x, y, f) => (typeof x === 'number' && typeof y === 'number' && y !== 0 ? { ratio: round(x / y, 3), pass: f(x / y) } : { ratio: null, pass: null });
+  for (const name of ['wa-egress', 'wa-egress-w2', 'wa-egress-w2-none']) {
+    const w = ok(name);
+    if (!w) continue;
+    const cpu = cmp(w.handshakes?.cpu_us_per_handshake, sq?.handshakes?.cpu_us_per_handshake, (r) => r <= 1);
+    add(`CONNECT handshake CPU µs ≤ squid (${name})`, { ours: w.handshakes?.cpu_us_per_handshake, theirs: sq?.handshakes?.cpu_us_per_handshake }, 'squid', cpu.pass);
+    list.at(-1).ratio = cpu.ratio;
+    const hs = cmp(w.handshakes?.per_sec, sq?.handshakes?.per_sec, (r) => r >= 1);
+    add(`CONNECT handshakes/s ≥ squid (${name})`, { ours: w.handshakes?.per_sec, theirs: sq?.handshakes?.per_sec }, 'squid', hs.pass);
+    list.at(-1).ratio = hs.ratio;
+  }
+  const fwd = results.forward?.peers ?? {};
+  const hap = ['haproxy', 'haproxy-splice'].filter((n) => fwd[n]?.status === 'ok');
+  for (const name of ['wa-egress', 'wa-egress-w2']) {
+    const w = fwd[name]?.status === 'ok' ? fwd[name] : null;
+    if (!w) continue;
+    for (const n of [1, 8]) {
+      const path = `conns_${n}`;
+      const best = hap.length ? Math.max(...hap.map((h) => fwd[h].throughput?.[path]?.mib_per_s ?? -Infinity)) : undefined;
+      const bestName = hap.find((h) => fwd[h].throughput?.[path]?.mib_per_s === best);
+      const c = cmp(w.throughput?.[path]?.mib_per_s, Number.isFinite(best) ? best : undefined, (r) => r >= 1);
+      add(`forward throughput, ${n} connection${n > 1 ? 's' : ''}, ≥ HAProxy's best (${name})`, { ours: w.throughput?.[path]?.mib_per_s, theirs: Number.isFinite(best) ? best : null }, bestName ?? 'haproxy', c.pass);
+      list.at(-1).ratio = c.ratio;
+    }
+  }
+  return list;
+}
+
+/** Where a sample of the primary's profile belongs, from its stack (innermost first). */
+function primaryCategory(labels) {
+  const has = (re) => labels.some((l) => re.test(l));
+  if (labels[0] === '(idle)') return '(idle)';
+  if (has(/round_robin_handle/)) return 'round-robin handoff: accept, send the connection to a worker, take its ack';
+  if (has(/dist\/audit-/)) return 'audit log: write the records the workers sent';
+  if (has(/channel\.onread|parseChannelMessages|onInternalMessage|dist\/ops\/cluster\.js/)) return 'IPC from the workers: read, decode, dispatch';
+  if (labels[0] === '(garbage collector)') return 'garbage collector';
+  if (labels[0] === '(program)') return '(program): native code outside JavaScript';
+  return 'other';
+}
+
+/**
+ * A CPU profile of a two-worker cluster's primary under the handshake load:
+ * a separate wa-egress-w2 started with --cpu-prof (its workers inherit the
+ * flag and are profiled too; only the primary's profile is summarised), a
+ * warm-up and one measurement, then stopped so that it writes its profile.
+ */
+async function profilePrimary(env) {
+  const dir = join(tmp, 'primary-profile');
+  const profileDir = join(dir, 'profiles');
+  mkdirSync(profileDir, { recursive: true });
+  chmodSync(dir, 0o755);
+  const penv = { ...env, dir, profileDir, targetHost: 'sink.bench' };
+  const proc = await waEgressW2.start(penv);
+  children.add(proc);
+  const proxy = { host: '127.0.0.1', port: proc.port };
+  const targets = env.sinks.map((s) => ({ host: 'sink.bench', port: s.info.ports.close, addr: '127.0.0.1' }));
+  try {
+    await handshakes(penv, proxy, targets, P.warmupMs);
+    const own0 = ownCpuSeconds(proc.pid);
+    const fromUs = Number(process.hrtime.bigint() / 1000n);
+    const r = await handshakes(penv, proxy, targets, P.durationMs);
+    const toUs = Number(process.hrtime.bigint() / 1000n);
+    const primaryCpu = ownCpuSeconds(proc.pid) - own0;
+    await proc.stop();
+    children.delete(proc);
+    const mine = readdirSync(proc.profileDir).filter((f) => f.includes(`.${proc.pid}.`));
+    if (!mine.length) return { error: `no profile of the primary (pid ${proc.pid}) in ${proc.profileDir}` };
+    const prof = JSON.parse(readFileSync(join(proc.profileDir, mine[0]), 'utf8'));
+    // Only the measured window: not the start (module loading) nor the warm-up.
+    const inWindow = prof.startTime <= toUs && prof.endTime >= fromUs;
+    const { totalUs, self, incl, categories } = summarizeProfile(prof, { ...(inWindow ? { fromUs, toUs } : {}), categorize: primaryCategory });
+    const idle = self.get('(idle)') ?? 0;
+    const busy = totalUs - idle;
+    const entry = ([fn, us]) => ({ fn, ms: round(us / 1000, 1), pct_of_busy: round((100 * us) / Math.max(1, busy), 1) });
+    const out = {
+      window: inWindow ? 'the measured handshakes only' : 'the whole process (its clock did not match the bench\'s)',
+      handshakes: r.count,
+      per_sec: round(r.per_sec, 0),
+      primary_cpu_us_per_handshake: round((primaryCpu * 1e6) / Math.max(1, r.count), 1),
+      sampled_s: round(totalUs / 1e6, 2),
+      busy_s: round(busy / 1e6, 2),
+      categories: topEntries(categories, 10, (k) => k !== '(idle)').map(([fn, us]) => ({ ...entry([fn, us]), category: fn, fn: undefined })),
+      self_top: topEntries(self, 12, (k) => k !== '(idle)').map(entry),
+      dist_top: topEntries(incl, 8, (k) => k.includes('dist/')).map(entry),
+    };
+    log(`primary profile: ${out.busy_s} s busy of ${out.sampled_s} s; top: ${out.self_top.slice(0, 3).map((e) => `${e.fn} ${e.pct_of_busy}%`).join(', ')}`);
+    return out;
+  } finally {
+    if (children.has(proc)) {
+      await proc.stop();
+      children.delete(proc);
+    }
+  }
 }
 
 // ------------------------------------------------------------------ main
@@ -643,6 +763,20 @@ async function main() {
     aggregate(run);
     await stopPeer(run);
   }
+  if (!SMOKE && !opt['no-primary-profile'] && phases.has('handshakes') && runs.some((r) => r.peer.name === 'wa-egress-w2')) {
+    log('wa-egress-w2 under --cpu-prof: the primary\'s CPU under the handshake load');
+    try {
+      results.primary_profile = await profilePrimary(env);
+    } catch (err) {
+      results.primary_profile = { error: err.message.split('\n')[0] };
+      log(`  failed: ${results.primary_profile.error}`);
+    }
+  }
+  if (phases.has('forward')) {
+    log(`forward listeners: ${forwardPeerNames.join(', ')}`);
+    results.forward = await phaseForward({ P, env, log, children, install, peerNames: forwardPeerNames, here });
+    for (const [n, p] of Object.entries(results.forward.peers)) results.versions[`forward ${n}`] = p.version;
+  }
   results.versions.node = process.version;
   results.machine.loadavg_at_end = os.loadavg().map((x) => Math.round(x * 100) / 100);
 
@@ -653,6 +787,7 @@ async function main() {
 
   ratios(results);
   results.targets = targets(results);
+  results.targets_scale_out = targetsScaleOut(results);
   results.elapsed_s = round((Date.now() - started) / 1000, 1);
   if (env.profileDir) results.profiles = readdirSync(env.profileDir).map((f) => join(env.profileDir, f));
 

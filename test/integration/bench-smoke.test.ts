@@ -6,7 +6,8 @@ import { describe, expect, it, onTestFinished } from 'vitest';
 import { cleanEnv } from '../helpers.js';
 
 /**
- * The benchmark's smoke mode (direct and wa-egress, tiny counts, seconds),
+ * The benchmark's smoke mode (direct, wa-egress and wa-egress-w2, then the
+ * forward phase with direct and wa-egress; tiny counts, seconds),
  * so that bench/ cannot rot. The full run (`npm run bench`) is not part of
  * the test suite.
  */
@@ -23,6 +24,16 @@ interface Peer {
   memory?: { points: { target: number; tunnels: number; rss_kib: number; fds: number }[]; slope_kib_per_tunnel: number | null };
   dns?: { count: number; per_sec: number; errors: number; queries_per_handshake: number };
   ratios?: Record<string, { vs_direct: number | null }>;
+  spread?: { sched: string; workers: number; total: Record<string, number>; share: string };
+}
+
+interface ForwardPeer {
+  status: string;
+  reason?: string;
+  errors?: Record<string, string>;
+  throughput?: { conns_1: { mib_per_s: number }; conns_8: { mib_per_s: number }; cpu_s_per_gib: number | null };
+  connections?: { count: number; per_sec: number; errors: number };
+  memory?: { points: { target: number; conns: number; rss_kib: number; fds: number }[]; slope_kib_per_conn: number | null };
 }
 
 interface Results {
@@ -37,6 +48,7 @@ interface Results {
     verdicts: Record<string, number>;
   };
   peers: Record<string, Peer>;
+  forward: { peers: Record<string, ForwardPeer> };
 }
 
 function runBench(out: string): Promise<{ code: number | null; stdout: string; stderr: string }> {
@@ -57,7 +69,7 @@ function runBench(out: string): Promise<{ code: number | null; stdout: string; s
 }
 
 describe('bench --smoke', () => {
-  it('runs direct and wa-egress through every phase and writes sane results', { timeout: 90_000 }, async () => {
+  it('runs direct, wa-egress and two workers through every phase and writes sane results', { timeout: 150_000 }, async () => {
     const out = mkdtempSync(join(tmpdir(), 'wa-egress-bench-smoke-test-'));
     onTestFinished(() => rmSync(out, { recursive: true, force: true }));
     const { code, stdout, stderr } = await runBench(out);
@@ -67,7 +79,7 @@ describe('bench --smoke', () => {
     const r = JSON.parse(readFileSync(join(out, 'results.json'), 'utf8')) as Results;
     expect(r.mode).toBe('smoke');
     expect(r.machine.nproc).toBeGreaterThan(0);
-    expect(Object.keys(r.peers)).toEqual(['direct', 'wa-egress']);
+    expect(Object.keys(r.peers)).toEqual(['direct', 'wa-egress', 'wa-egress-w2']);
 
     // The policy microbenchmark on the real data.
     expect(r.policy.names).toBe(2094);
@@ -77,7 +89,7 @@ describe('bench --smoke', () => {
     expect(r.policy.hostname.per_sec).toBeGreaterThan(0);
     expect(r.policy.verdicts.allow_by_hostname).toBeGreaterThan(0);
 
-    for (const name of ['direct', 'wa-egress']) {
+    for (const name of ['direct', 'wa-egress', 'wa-egress-w2']) {
       const p = r.peers[name]!;
       expect(p.status, `${name}: ${p.reason}`).toBe('ok');
       expect(p.errors, name).toBeUndefined();
@@ -108,9 +120,39 @@ describe('bench --smoke', () => {
     expect(w.dns!.queries_per_handshake).toBeLessThanOrEqual(2);
     expect(w.ratios!['handshakes.per_sec']!.vs_direct).toBeGreaterThan(0);
 
+    // Two workers, round robin: the audit ids name the worker of every connection, and both took some.
+    const w2 = r.peers['wa-egress-w2']!;
+    expect(w2.spread!.sched).toBe('rr');
+    expect(Object.keys(w2.spread!.total).sort()).toEqual(['1', '2']);
+    const spreadTotal = Object.values(w2.spread!.total).reduce((a, b) => a + b, 0);
+    // Each counted handshake left its record (the warm-up's last and those in flight at the end may add a few).
+    expect(spreadTotal).toBeGreaterThanOrEqual(Math.floor(0.9 * w2.handshakes!.count));
+    for (const n of Object.values(w2.spread!.total)) expect(n).toBeGreaterThan(0);
+    expect(w2.spread!.share).toMatch(/^\d+\/\d+$/);
+
+    // The forward phase: direct and wa-egress's forward listeners.
+    expect(Object.keys(r.forward.peers)).toEqual(['direct', 'wa-egress']);
+    for (const name of ['direct', 'wa-egress']) {
+      const f = r.forward.peers[name]!;
+      expect(f.status, `${name}: ${f.reason}`).toBe('ok');
+      expect(f.errors, name).toBeUndefined();
+      expect(f.throughput!.conns_1.mib_per_s, name).toBeGreaterThan(0);
+      expect(f.throughput!.conns_8.mib_per_s, name).toBeGreaterThan(0);
+      expect(f.connections!.count, name).toBeGreaterThan(0);
+      expect(f.connections!.errors, name).toBe(0);
+    }
+    const fw = r.forward.peers['wa-egress']!;
+    expect(fw.memory!.points).toHaveLength(3);
+    for (const pt of fw.memory!.points) {
+      expect(pt.conns).toBe(pt.target);
+      expect(pt.fds).toBeGreaterThanOrEqual(2 * pt.conns);
+    }
+
     const md = readFileSync(join(out, 'RESULTS.md'), 'utf8');
     expect(md).toContain('# wa-egress benchmark results');
     expect(md).toContain('| wa-egress |');
+    expect(md).toContain('### Raw TCP forwards');
+    expect(md).toContain('#### Spread: connections per worker');
     expect(existsSync(join(out, 'results.json'))).toBe(true);
   });
 });
