@@ -10,8 +10,10 @@ import { auditSinkChannel, type AuditSinkEvent } from './events.js';
  * write keeps its lines to try again. The window lets a busy gateway write
  * many connections' records with one system call, not one or two each. Memory for waiting lines is
  * bounded; past the bound a line is dropped and reported, never silently.
- * Lines wait as bytes: a partial write resumes at the exact byte it
- * stopped at, even inside a multi-byte character.
+ * Lines wait as strings and are encoded once per batch (not a buffer per
+ * record); a batch a write took only part of waits as bytes, so a partial
+ * write resumes at the exact byte it stopped at, even inside a multi-byte
+ * character.
  *
  * Every `WATCH_MS` the path is compared with the open file (device and
  * inode): a file deleted or replaced under the gateway is noticed and the
@@ -39,7 +41,10 @@ const WATCH_MS = 1000;
 
 export class AuditFile {
   private fd: number;
-  private waiting: Buffer[] = [];
+  /** Lines not yet encoded, in order after `rest`. */
+  private lines: string[] = [];
+  /** The encoded batch not yet (or only partly) written: it goes first. */
+  private rest: Buffer | undefined;
   /** Counters for metrics: lines written, and lines and bytes waiting. */
   written = 0;
   waitingLines = 0;
@@ -78,13 +83,13 @@ export class AuditFile {
 
   /** pino's destination interface. */
   write(line: string): boolean {
-    const bytes = Buffer.from(line);
-    if (this.waitingBytes + bytes.length > MAX_WAITING) {
+    const bytes = Buffer.byteLength(line);
+    if (this.waitingBytes + bytes > MAX_WAITING) {
       this.events.onDrop();
       return false;
     }
-    this.waiting.push(bytes);
-    this.waitingBytes += bytes.length;
+    this.lines.push(line);
+    this.waitingBytes += bytes;
     this.waitingLines++;
     // While failing, or waiting out a full pipe, the retry timer writes them.
     if (this.failing || this.retry) return true;
@@ -99,8 +104,9 @@ export class AuditFile {
       clearTimeout(this.batch);
       this.batch = undefined;
     }
-    while (this.waiting.length) {
-      const batch = this.waiting.length === 1 ? this.waiting[0]! : Buffer.concat(this.waiting);
+    while (this.rest || this.lines.length) {
+      // Everything waiting, as one buffer: kept in `rest` until written.
+      const batch = this.encode();
       let n: number;
       try {
         if (this.lost) throw this.lost;
@@ -117,7 +123,7 @@ export class AuditFile {
         return 'failed';
       }
       const rest = batch.subarray(n);
-      this.waiting = rest.length ? [rest] : [];
+      this.rest = rest.length ? rest : undefined;
       this.waitingBytes = rest.length;
       // Every line ends in a newline: a line cut short is still waiting.
       const left = countNewlines(rest);
@@ -131,6 +137,20 @@ export class AuditFile {
       this.events.onRecover();
     }
     return 'done';
+  }
+
+  /**
+   * The waiting lines appended to `rest`, which then holds all that waits.
+   * (Every line ends in a newline, so joining them pairs no surrogates that
+   * encoding them one by one would not.)
+   */
+  private encode(): Buffer {
+    if (this.lines.length) {
+      const fresh = Buffer.from(this.lines.length === 1 ? this.lines[0]! : this.lines.join(''));
+      this.lines = [];
+      this.rest = this.rest ? Buffer.concat([this.rest, fresh]) : fresh;
+    }
+    return this.rest!;
   }
 
   /** The one system call that writes (a seam for tests that inject short writes). */

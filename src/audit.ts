@@ -69,22 +69,35 @@ export interface AuditOptions {
   sink?: AuditSink;
 }
 
-/** pino's isoTime, formatted once per millisecond: a connection's records often share one. */
+/**
+ * pino's isoTime, built once per millisecond (a connection's records often
+ * share one) from a prefix formatted once per second: toISOString() is the
+ * costliest part of a record's header, and only the milliseconds change.
+ */
 let lastMs = 0;
 let lastTime = '';
+let secondStart = 0;
+/** `,"time":"YYYY-MM-DDTHH:MM:SS.` of the second that starts at secondStart. */
+let secondPrefix = '';
 function isoTime(): string {
   const now = Date.now();
   if (now !== lastMs) {
     lastMs = now;
-    lastTime = `,"time":"${new Date(now).toISOString()}"`;
+    let ms = now - secondStart;
+    if (ms < 0 || ms >= 1000) {
+      secondStart = now - (now % 1000);
+      ms = now - secondStart;
+      // toISOString ends in "sss" + "Z"; the prefix keeps everything before the milliseconds.
+      secondPrefix = `,"time":"${new Date(secondStart).toISOString().slice(0, -4)}`;
+    }
+    lastTime = `${secondPrefix}${ms < 10 ? '00' : ms < 100 ? '0' : ''}${ms}Z"`;
   }
   return lastTime;
 }
 
 /** Every record object, before it is written, to auditChannel (metrics count decisions from it). */
-function publish(this: Logger, args: Parameters<Logger['info']>, method: (...a: typeof args) => void): void {
-  if (auditChannel.hasSubscribers && typeof args[0] === 'object') auditChannel.publish(args[0]);
-  method.apply(this, args);
+function publish(record: object): void {
+  if (auditChannel.hasSubscribers) auditChannel.publish(record);
 }
 
 /**
@@ -113,7 +126,9 @@ export class Audit {
     this.onError = opts.onError;
     const sink = this.sink;
     const dest = { write: (line: string) => sink.write(escapeLine(line)) };
-    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) }, hooks: { logMethod: publish } }, dest);
+    // Records are published by the methods below, not from a pino logMethod
+    // hook: the hook's wrapper copies the arguments of every call.
+    this.log = pino({ base: null, timestamp: isoTime, formatters: { level: (label) => ({ level: label }) } }, dest);
   }
 
   /** A reload's audit settings: a new destination is opened before the old one is let go (see FileSink). */
@@ -138,20 +153,25 @@ export class Audit {
   }
 
   denied(a: Attempt, f: { reason: Reason; enforced: boolean; rule?: string; dest_ip?: string; range?: string; error?: string }): void {
-    this.log.info({ event: 'egress.denied', ...a, ...f });
+    this.record({ event: 'egress.denied', ...a, ...f });
   }
 
   failed(a: Attempt, f: { reason: Reason; rule?: string; dest_ip?: string; error?: string }): void {
-    this.log.info({ event: 'egress.failed', ...a, ...f });
+    this.record({ event: 'egress.failed', ...a, ...f });
   }
 
   /** `local`: the proxy answers the request itself (Max-Forwards: 0); nothing is dialled. */
   allowed(a: Attempt, f: { rule?: string; dest_ip?: string; local?: boolean }): void {
-    this.log.info({ event: 'egress.allowed', ...a, ...f });
+    this.record({ event: 'egress.allowed', ...a, ...f });
   }
 
   closed(a: Attempt, f: Closed): void {
-    this.log.info({ event: 'egress.closed', ...a, ...f });
+    this.record({ event: 'egress.closed', ...a, ...f });
+  }
+
+  private record(r: object): void {
+    publish(r);
+    this.log.info(r);
   }
 
   /** Records written, waiting (lines and bytes) and dropped, for metrics. */

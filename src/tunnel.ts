@@ -69,15 +69,9 @@ export class Tunnel {
     // The upstream has keepalive from the dial; no-delay is set on both at
     // connect/accept and cached, so this costs no system call.
     keepAliveSoon(client, opts.keepAlive);
-    for (const s of [client, upstream]) {
-      s.allowHalfOpen = true;
-      s.setNoDelay(true);
-      (s as Leg)[kTunnel] = this;
-      s.on('end', s === client ? onClientEnd : onUpstreamEnd)
-        .on('error', s === client ? onClientError : onUpstreamError)
-        .on('close', s === client ? onClientClose : onUpstreamClose)
-        .on('drain', onDrain);
-    }
+    // Leg by leg, not a loop over a new array: two arrays less per tunnel.
+    this.attach(client, onClientEnd, onClientError, onClientClose);
+    this.attach(upstream, onUpstreamEnd, onUpstreamError, onUpstreamClose);
     // Replaces any timeout left on the socket by Node's HTTP server; the
     // socket's timer is refreshed by traffic in both directions.
     client.setTimeout(opts.idleMs);
@@ -96,14 +90,8 @@ export class Tunnel {
       if (client.closed) queueMicrotask(() => this.closed(client, 'client_closed'));
       return;
     }
-    for (const s of [client, upstream]) {
-      // Bytes read before the tunnel existed (the client's after its
-      // request, an upstream that spoke first) go first.
-      for (let chunk: Buffer | null; s.readableLength > 0 && (chunk = s.read() as Buffer | null) !== null; ) {
-        this.relay(s, chunk);
-      }
-      if (!useOnRead(s, shared, onRead, nextBuffer)) s.on('data', onData);
-    }
+    this.startReading(client);
+    this.startReading(upstream);
     if (client.readableEnded) {
       // Its FIN came, and was read, while the upstream was being dialled.
       this.ended('client_closed', upstream);
@@ -111,6 +99,22 @@ export class Tunnel {
       client.resume();
     }
     upstream.resume();
+  }
+
+  private attach(s: Socket, onEnd: (this: Leg) => void, onError: (this: Leg, err: NodeJS.ErrnoException) => void, onClose: (this: Leg) => void): void {
+    s.allowHalfOpen = true;
+    s.setNoDelay(true);
+    (s as Leg)[kTunnel] = this;
+    s.on('end', onEnd).on('error', onError).on('close', onClose).on('drain', onDrain);
+  }
+
+  private startReading(s: Socket): void {
+    // Bytes read before the tunnel existed (the client's after its
+    // request, an upstream that spoke first) go first.
+    for (let chunk: Buffer | null; s.readableLength > 0 && (chunk = s.read() as Buffer | null) !== null; ) {
+      this.relay(s, chunk);
+    }
+    if (!useOnRead(s, shared, onRead, nextBuffer)) s.on('data', onData);
   }
 
   /** Cut the tunnel now (error, idle, shutdown); the first reason given is kept. */

@@ -23,6 +23,8 @@ import { httpStatus } from '../errors.js';
 
 export type Limits = Config['limits'];
 export type Refusal = { reason: 'over_capacity' | 'client_limit' | 'client_not_allowed'; detail: string };
+/** Drops an unfinished handshake; it is given the socket, so one function can serve a whole listener. */
+export type Evict = (r: Refusal, socket: Socket) => void;
 
 /** How long a refused client may keep sending before the socket is destroyed (its answer is read, not reset). */
 const LINGER_MS = 2000;
@@ -37,7 +39,7 @@ export class Admission {
   private open = 0;
   private readonly perClient = new Map<string, number>();
   /** Unfinished handshakes, oldest first, each with how to drop it. */
-  private readonly pending = new Map<Socket, (r: Refusal) => void>();
+  private readonly pending = new Map<Socket, Evict>();
 
   constructor(
     private readonly limits: () => Limits,
@@ -61,7 +63,7 @@ export class Admission {
    * `forward` names a listener that carries no credentials (forward,
    * transparent), judged by its own `clients` list or the entries without users.
    */
-  enter(socket: Socket, evict?: (r: Refusal) => void, forward?: string): Refusal | undefined {
+  enter(socket: Socket, evict?: Evict, forward?: string): Refusal | undefined {
     if (this.clients && !this.clients().admits(socket.remoteAddress, forward)) {
       const list = forward !== undefined ? `the clients of listener "${forward}" (or the clients.allow entries without users)` : 'clients.allow';
       return { reason: 'client_not_allowed', detail: `source ${socket.remoteAddress ?? 'unknown'} is not in ${list}` };
@@ -86,7 +88,7 @@ export class Admission {
       while (this.pending.size >= l.max_handshakes) {
         const [oldest, drop] = this.pending.entries().next().value!;
         this.pending.delete(oldest);
-        drop({ reason: 'over_capacity', detail: `${l.max_handshakes} handshakes in progress (limits.max_handshakes): the oldest is dropped` });
+        drop({ reason: 'over_capacity', detail: `${l.max_handshakes} handshakes in progress (limits.max_handshakes): the oldest is dropped` }, oldest);
       }
     }
     this.pending.set(socket, evict);

@@ -19,6 +19,8 @@ import { MAX_HEADER_FIELDS } from './headers.js';
  */
 const MAX_HEAD = 16 * 1024;
 const PREFIX = Buffer.from('CONNECT ');
+// A buffer, not a string: Buffer#indexOf would encode a string needle on every call.
+const HEAD_END = Buffer.from('\r\n\r\n');
 const REQUEST_LINE = /^CONNECT ([A-Za-z0-9._:[\]-]{1,1024}) HTTP\/1\.[01]$/;
 // field-name ":" OWS field-value OWS (RFC 9110 5.1, 5.5), visible ASCII only.
 const HEADER_LINE = /^[!#$%&'*+.^_`|~0-9A-Za-z-]+:[ \t]*(?:[\x21-\x7e]+(?:[ \t]+[\x21-\x7e]+)*)?[ \t]*$/;
@@ -36,8 +38,8 @@ export interface ConnectHead {
 }
 
 export function readConnectHead(buf: Buffer, maxHead = MAX_HEAD): ConnectHead | null {
-  if (buf.length < PREFIX.length + 14 || buf.compare(PREFIX, 0, PREFIX.length, 0, PREFIX.length) !== 0) return null;
-  const end = buf.indexOf('\r\n\r\n');
+  if (buf.length < PREFIX.length + 14 || !startsWithPrefix(buf)) return null;
+  const end = buf.indexOf(HEAD_END);
   if (end < 0 || end + 4 > maxHead) return null;
   const lines = buf.toString('latin1', 0, end).split('\r\n');
   const m = REQUEST_LINE.exec(lines[0]!);
@@ -50,4 +52,10 @@ export function readConnectHead(buf: Buffer, maxHead = MAX_HEAD): ConnectHead | 
     proxyAuthorization ??= PROXY_AUTHORIZATION.exec(line)?.[1];
   }
   return { authority: m[1]!, length: end + 4, proxyAuthorization };
+}
+
+/** The first bytes are `CONNECT `: compared here, cheaper than a Buffer#compare call for eight bytes. */
+function startsWithPrefix(buf: Buffer): boolean {
+  for (let i = 0; i < PREFIX.length; i++) if (buf[i] !== PREFIX[i]) return false;
+  return true;
 }

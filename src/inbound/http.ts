@@ -268,47 +268,55 @@ export function createHttpProxy(ctx: () => EgressContext, opts: HttpListenerOpti
     server.prependListener('request', done).prependListener('checkContinue', done).prependListener('connect', done).prependListener('upgrade', done);
   }
 
+  // A refused connection: its record, and an answer (see admission.ts).
+  const refuse = (socket: Socket, r: Refusal, evicted: boolean) => {
+    const conn = conns.get(socket);
+    auditRefusal(ctx().audit, acceptAttempt(socket, conn?.id ?? opts.nextId(), opts.name, 'http'), r);
+    // Handed to Node's parser: it owns the reads, so close once answered.
+    if (conn) return closeWith(socket, httpRefusal(r));
+    if (evicted) stopWaiting(socket);
+    lingerClose(socket, httpRefusal(r));
+  };
+  const evict = (r: Refusal, socket: Socket) => refuse(socket, r, true);
+
+  // The handlers of a connection whose first bytes are awaited are shared by
+  // every connection of the listener, with the socket as `this`: no closures
+  // per connection.
+  function onFirst(this: Socket, data: Buffer): void {
+    const socket = this;
+    stopWaiting(socket);
+    const head = readConnectHead(data, opts.maxHeadBytes);
+    if (!head) return void handOff(socket, data);
+    admission?.handshakeDone(socket);
+    // Bytes that come while the upstream is dialled wait in the socket.
+    socket.pause();
+    const attempt: Attempt = { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), listener: opts.name, proto: 'connect' };
+    handleConnect(ctx(), attempt, head.authority, socket, data.subarray(head.length), head.proxyAuthorization).catch((err) =>
+      socket.destroy(err as Error),
+    );
+  }
+  // Nothing at all within the handshake timeout: the answer Node's parser
+  // gives. (A connection handed over later gets Node's own head timeout
+  // from then on, so a head may take up to twice the timeout in all.)
+  function onSilent(this: Socket): void {
+    stopWaiting(this);
+    onClientError(Object.assign(new Error('request head timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' }), this);
+  }
+  const stopWaiting = (socket: Socket) => {
+    socket.setTimeout(0);
+    socket.removeListener('data', onFirst).removeListener('timeout', onSilent).removeListener('end', destroySocket);
+  };
+
   const front = net.createServer({ allowHalfOpen: true, noDelay: true }, (socket) => {
     socket.on('error', destroySocket);
     if (admission) {
-      const refuse = (r: Refusal, evicted: boolean) => {
-        const conn = conns.get(socket);
-        auditRefusal(ctx().audit, acceptAttempt(socket, conn?.id ?? opts.nextId(), opts.name, 'http'), r);
-        // Handed to Node's parser: it owns the reads, so close once answered.
-        if (conn) return closeWith(socket, httpRefusal(r));
-        if (evicted) stop();
-        lingerClose(socket, httpRefusal(r));
-      };
-      const refused = admission.enter(socket, (r) => refuse(r, true));
-      if (refused) return refuse(refused, false);
+      const refused = admission.enter(socket, evict);
+      if (refused) return refuse(socket, refused, false);
     }
-    const onFirst = (data: Buffer) => {
-      stop();
-      const head = readConnectHead(data, opts.maxHeadBytes);
-      if (!head) return void handOff(socket, data);
-      admission?.handshakeDone(socket);
-      // Bytes that come while the upstream is dialled wait in the socket.
-      socket.pause();
-      const attempt: Attempt = { id: opts.nextId(), client: formatClient(socket.remoteAddress, socket.remotePort), listener: opts.name, proto: 'connect' };
-      handleConnect(ctx(), attempt, head.authority, socket, data.subarray(head.length), head.proxyAuthorization).catch((err) =>
-        socket.destroy(err as Error),
-      );
-    };
-    // Nothing at all within the handshake timeout: the answer Node's parser
-    // gives. (A connection handed over later gets Node's own head timeout
-    // from then on, so a head may take up to twice the timeout in all.)
-    const onSilent = () => {
-      stop();
-      onClientError(Object.assign(new Error('request head timeout'), { code: 'ERR_HTTP_REQUEST_TIMEOUT' }), socket);
-    };
-    // Closed without a byte (a health check, a port scan): no record.
-    const onEnd = () => socket.destroy();
-    const stop = () => {
-      socket.setTimeout(0);
-      socket.removeListener('data', onFirst).removeListener('timeout', onSilent).removeListener('end', onEnd);
-    };
-    socket.setTimeout(opts.handshakeTimeoutMs, onSilent);
-    socket.on('data', onFirst).on('end', onEnd);
+    // on(), not setTimeout's callback (a once() wrapper per socket): stopWaiting removes it before it runs.
+    socket.setTimeout(opts.handshakeTimeoutMs);
+    // 'end': closed without a byte (a health check, a port scan), no record.
+    socket.on('timeout', onSilent).on('data', onFirst).on('end', destroySocket);
   });
   /** Give the connection, with the bytes already read, to Node's HTTP server. */
   const handOff = (socket: Socket, data: Buffer) => {

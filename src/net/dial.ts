@@ -22,8 +22,12 @@ export interface Dialled {
   address: string;
 }
 
-export async function dial(addresses: readonly string[], port: number, opts: DialOptions): Promise<Dialled> {
-  if (!dialChannel.hasSubscribers) return dialAll(addresses, port, opts);
+/** Not async itself: without subscribers it hands back dialAll's promise, not a second one that waits on it. */
+export function dial(addresses: readonly string[], port: number, opts: DialOptions): Promise<Dialled> {
+  return dialChannel.hasSubscribers ? timedDial(addresses, port, opts) : dialAll(addresses, port, opts);
+}
+
+async function timedDial(addresses: readonly string[], port: number, opts: DialOptions): Promise<Dialled> {
   const t0 = performance.now();
   const done = (ok: boolean) => dialChannel.publish({ ms: performance.now() - t0, ok });
   try {

@@ -2,7 +2,7 @@ import { subscribe, unsubscribe } from 'node:diagnostics_channel';
 import { mkdirSync, mkdtempSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { afterEach, describe, expect, it } from 'vitest';
+import { afterEach, describe, expect, it, vi } from 'vitest';
 import { AuditFile, type AuditFileEvents } from '../../src/audit-file.js';
 import { Audit, escapeLine } from '../../src/audit.js';
 import { type AuditSinkEvent } from '../../src/events.js';
@@ -99,6 +99,27 @@ describe('records are one line for any line-based tool', () => {
     const raw = '{"a":"\u2028\\\\\u0085"}';
     expect(escapeLine(raw)).toBe('{"a":"\\u2028\\\\\\u0085"}');
     expect(JSON.parse(escapeLine(raw))).toEqual(JSON.parse(raw));
+  });
+});
+
+describe('record times', () => {
+  afterEach(() => vi.restoreAllMocks());
+
+  it('are toISOString of the moment, across seconds, and when the clock goes back', () => {
+    const file = join(tmp(), 'audit.log');
+    const audit = new Audit({ file, onError: 'deny' });
+    const base = Date.UTC(2026, 11, 31, 23, 59, 59, 0);
+    const times = [base, base + 5, base + 5, base + 99, base + 999, base + 1000, base + 1001, base + 61_234, base - 1, base - 1000, base + 3_600_000 + 10];
+    let now = 0;
+    vi.spyOn(Date, 'now').mockImplementation(() => now);
+    for (const t of times) {
+      now = t;
+      audit.closed({ id: 'x', client: '127.0.0.1:1', listener: 'proxy', proto: 'connect' }, { bytes_up: 0, bytes_down: 0, duration_ms: 0, close_reason: 'done' });
+    }
+    vi.restoreAllMocks();
+    audit.close();
+    const got = readFileSync(file, 'utf8').trim().split('\n').map((l) => (JSON.parse(l) as { time: string }).time);
+    expect(got).toEqual(times.map((t) => new Date(t).toISOString()));
   });
 });
 

@@ -1,6 +1,6 @@
 import { describe, it, expect } from 'vitest';
 import { EgressError } from '../../src/errors.js';
-import { formatAuthority, normalizeHost, parseAbsoluteUrl, parseHostPort, parsePort } from '../../src/policy/hostport.js';
+import { formatAuthority, normalizeHost, parseAbsoluteUrl, parseHost, parseHostPort, parsePort } from '../../src/policy/hostport.js';
 
 /** Assert that `fn` throws an EgressError with reason bad_request (and return it). */
 function expectBadRequest(fn: () => unknown, message?: RegExp): EgressError {
@@ -206,6 +206,34 @@ describe('normalizeHost: names', () => {
   ];
   it.each(bad)('rejects %j', (raw, message) => {
     expectBadRequest(() => normalizeHost(raw), message);
+  });
+});
+
+describe('normalizeHost: the fast path for canonical names', () => {
+  /** The outcome of one normaliser: its result, or the message of its bad_request. */
+  const outcome = (f: () => unknown) => {
+    try {
+      return { ok: f() };
+    } catch (err) {
+      if (!(err instanceof EgressError)) throw err;
+      return { bad: err.message };
+    }
+  };
+  it('gives what the full parse gives, for names near the canonical form', () => {
+    // Letters that make IPv4 forms (x, digits), punycode prefixes, hyphens,
+    // underscores, dots, upper case: strings on both sides of the fast path.
+    const pieces = ['a', 'b', 'x', 'n', 'z', '0', '1', '9', '0x', 'xn--', '-', '_', '.', '..', 'A', 'X', 'f', 'ü', '%', 'bcher-kva', 'é'];
+    let seed = 12345;
+    const next = (n: number) => ((seed = (seed * 1103515245 + 12345) % 2 ** 31), seed % n);
+    for (let i = 0; i < 20_000; i++) {
+      let raw = '';
+      const len = 1 + next(12);
+      for (let j = 0; j < len; j++) raw += pieces[next(pieces.length)];
+      expect(outcome(() => normalizeHost(raw)), raw).toEqual(outcome(() => parseHost(raw)));
+    }
+    for (const raw of ['xn--zz.com', 'a.xn--zz', 'xn--bcher-kva.de', 'a.b.c.1', 'a.0x1', 'a.0x', 'a.0xg', '1.2.b', '0x7f.1', 'a-.b', '-a.b_', label(63), `${label(63)}.${label(63)}.${label(63)}.${label(61)}`, `${label(63)}.${label(63)}.${label(63)}.${label(62)}`, label(64)]) {
+      expect(outcome(() => normalizeHost(raw)), raw).toEqual(outcome(() => parseHost(raw)));
+    }
   });
 });
 
