@@ -223,7 +223,8 @@ describe('tunnel behaviour', () => {
     const ours = client.socket.localPort;
     // `ss -o` shows a keepalive timer on a socket that has SO_KEEPALIVE set.
     const legs = async () => {
-      const { stdout } = await run('ss', ['-tnoH', 'state', 'established']);
+      // Only this test's sockets: a busy machine's full list can be megabytes.
+      const { stdout } = await run('ss', ['-tnoH', 'state', 'established', `( sport = :${gw.port} or dport = :${echo.port} )`], { maxBuffer: 16 * 1024 * 1024 });
       const lines = stdout.split('\n');
       const clientLeg = lines.find((l) => new RegExp(`127\\.0\\.0\\.1:${gw.port}\\s+127\\.0\\.0\\.1:${ours}\\b`).test(l));
       const upstreamLeg = lines.find((l) => new RegExp(`127\\.0\\.0\\.1:\\d+\\s+127\\.0\\.0\\.1:${echo.port}\\b`).test(l));
