@@ -32,7 +32,8 @@ export interface AuditFileEvents {
   onReplaced?(reopened: boolean, err?: NodeJS.ErrnoException): void;
 }
 
-const MAX_WAITING = 64 * 1024 * 1024;
+/** Bytes of records that may wait to be written; past it each one is dropped and counted (a cluster worker's unsent records too). */
+export const MAX_WAITING = 64 * 1024 * 1024;
 const BATCH_MS = 5;
 const BATCH_BYTES = 64 * 1024;
 const RETRY_MS = 1000;

@@ -186,8 +186,11 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
           if (first) return first.reject(Object.assign(new Error(msg.error.message), msg.error));
           return void log.error({ worker: worker.id, err: msg.error }, 'worker could not start');
         case 'applied':
-          // A catch-up it could not apply: it drains, and its replacement starts with the configuration in force.
-          if (msg.seq === 0 && msg.failed) return void (log.error({ worker: worker.id, error: msg.failed }, 'worker cannot apply the configuration in force; replacing it'), sendTo(m, { t: 'drain', signal: 'reload' }));
+          if (msg.seq === 0 && msg.failed) {
+            // A catch-up it could not apply: it drains, and its replacement starts with the configuration in force.
+            log.error({ worker: worker.id, error: msg.failed }, 'worker cannot apply the configuration in force; replacing it');
+            return sendTo(m, { t: 'drain', signal: 'reload' });
+          }
           return answer(worker.id, msg.seq, msg);
         case 'metrics':
           m.metrics = msg.metrics;
@@ -280,16 +283,18 @@ export async function runPrimary(start: PrimaryStart, log: Logger, started: () =
       if (next.config.listen.transparent && next.config.listen.transparent_mode === 'tproxy') {
         throw new Error('listen.transparent_mode: tproxy is served by one process, and this gateway runs workers: restart it with workers: 1');
       }
+      // Workers that start meanwhile get `bytes` at their hello (or catch up at ready).
+      const putInForce = (b: ConfigBytes) => {
+        bytes = b;
+        for (const m of members.values()) if (m.ready) m.hash = b.hash;
+        return ask((n) => ({ t: 'apply', seq: n, ...b })) as Promise<Extract<FromWorker, { t: 'applied' }>[]>;
+      };
       const was = bytes;
-      bytes = { file: next.file, snapshot: next.snapshot, hash: next.hash };
-      for (const m of members.values()) if (m.ready) m.hash = bytes.hash;
-      const answers = (await ask((n) => ({ t: 'apply', seq: n, ...bytes }))) as Extract<FromWorker, { t: 'applied' }>[];
+      const answers = await putInForce({ file: next.file, snapshot: next.snapshot, hash: next.hash });
       const failed = answers.flatMap((a) => (a.failed ? [a.failed] : []));
       if (failed.length) {
         // Refused by one, refused by all: those that took it go back.
-        bytes = was;
-        for (const m of members.values()) if (m.ready) m.hash = bytes.hash;
-        await ask((n) => ({ t: 'apply', seq: n, ...bytes }));
+        await putInForce(was);
         throw new Error(`${failed.join('; ')}; every worker keeps the running configuration`);
       }
       const problems: string[] = [];

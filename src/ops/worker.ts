@@ -2,6 +2,7 @@ import cluster from 'node:cluster';
 import type { AddressInfo } from 'node:net';
 import { loadConfigSource } from '../config/load.js';
 import { replayReads } from '../config/read.js';
+import { MAX_WAITING } from '../audit-file.js';
 import type { AuditSink, AuditStats, OnError } from '../audit-sink.js';
 import { Gateway } from '../gateway.js';
 import type { Logger } from '../log.js';
@@ -24,13 +25,10 @@ function send(message: FromWorker, done: () => void = () => {}): void {
   process.send!(message, undefined, undefined, () => done());
 }
 
-/** Past this many bytes sent and not yet taken by the primary (or waiting to be), records are dropped and counted, as the audit file does. */
-const MAX_WAITING = 64 * 1024 * 1024;
-
 /**
  * Audit lines, handed to the primary once per turn of the event loop (one
  * message for many records). What the IPC channel has not yet written
- * counts as waiting: a primary that cannot keep up (a stdout pipe nobody
+ * counts as waiting, bounded as the audit file's queue is: a primary that cannot keep up (a stdout pipe nobody
  * reads) does not make the worker's memory grow without bound.
  */
 class PrimarySink implements AuditSink {

@@ -16,6 +16,7 @@ import { has, inNs, must, record, sh, type Proc } from './netns-fixture.js';
 const CLI = resolve(import.meta.dirname, '../../dist/cli.js');
 const NS = `was${process.pid}`;
 const PEER = `was${process.pid}p`;
+// Exists only inside NS, the namespace this test creates; every connection is made from inside it.
 const ADDR = '10.234.0.1';
 // The namespace is the test's own: a fixed port, which the rule names.
 const PORT = 3128;
